@@ -1,0 +1,142 @@
+"""Slow, exact reference implementations (plain torch, CPU or CUDA).
+
+Everything here computes the *exact* value and rounds it once to the output
+format, which is the contract of :func:`triton_dequant.dequantize` and of the
+PTX emulator in :mod:`triton_dequant.ptx`. Values travel as float64 tensors:
+every fp16 / bf16 / fp32 number is exactly representable in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    name: str
+    bits: int        # storage width
+    precision: int   # significand bits, implicit bit included
+    emin: int        # exponent of the smallest normal number
+    emax: int        # exponent of the largest finite number
+    torch_dtype: torch.dtype
+
+    @property
+    def max_finite(self) -> float:
+        return (2.0 - 2.0 ** (1 - self.precision)) * 2.0 ** self.emax
+
+
+FP16 = FloatFormat("fp16", 16, 11, -14, 15, torch.float16)
+BF16 = FloatFormat("bf16", 16, 8, -126, 127, torch.bfloat16)
+FP32 = FloatFormat("fp32", 32, 24, -126, 127, torch.float32)
+FORMATS = {f.name: f for f in (FP16, BF16, FP32)}
+_BY_TORCH = {f.torch_dtype: f for f in (FP16, BF16, FP32)}
+
+
+def float_format(dtype) -> FloatFormat:
+    """The :class:`FloatFormat` of a torch dtype, a name ('fp16', ...) or a format."""
+    if isinstance(dtype, FloatFormat):
+        return dtype
+    if isinstance(dtype, str):
+        return FORMATS[dtype]
+    return _BY_TORCH[dtype]
+
+
+def round_to(v: torch.Tensor, fmt) -> torch.Tensor:
+    """Round float64 values to ``fmt`` (round-to-nearest-even, subnormals, overflow
+    to inf), returned as float64. NaN and inf pass through."""
+    fmt = float_format(fmt)
+    v = v.to(torch.float64)
+    _, e = torch.frexp(v)  # v = m * 2**e with 0.5 <= |m| < 1
+    exp = torch.clamp(e - 1, min=fmt.emin)
+    shift = (fmt.precision - 1) - exp  # v * 2**shift has `precision` integer bits
+    r = torch.ldexp(torch.round(torch.ldexp(v, shift)), -shift)  # torch.round is half-to-even
+    r = torch.where(r.abs() > fmt.max_finite, torch.copysign(torch.full_like(r, float("inf")), v), r)
+    return torch.where(torch.isfinite(v), r, v)
+
+
+def to_bits(v: torch.Tensor, fmt) -> torch.Tensor:
+    """Bit patterns (int32 tensor holding the unsigned pattern) of values already
+    representable in ``fmt``."""
+    fmt = float_format(fmt)
+    t = v.to(fmt.torch_dtype)  # exact: v is representable
+    if fmt.bits == 16:
+        return t.view(torch.int16).to(torch.int32) & 0xFFFF
+    return t.view(torch.int32)
+
+
+def from_bits(bits: torch.Tensor, fmt) -> torch.Tensor:
+    """float64 values of bit patterns (any integer tensor; low ``fmt.bits`` used)."""
+    fmt = float_format(fmt)
+    b = bits.to(torch.int64) & ((1 << fmt.bits) - 1)
+    if fmt.bits == 16:
+        b = torch.where(b >= 1 << 15, b - (1 << 16), b)
+        return b.to(torch.int16).view(fmt.torch_dtype).to(torch.float64)
+    b = torch.where(b >= 1 << 31, b - (1 << 32), b)
+    return b.to(torch.int32).view(torch.float32).to(torch.float64)
+
+
+def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, fmt) -> torch.Tensor:
+    """``a*b + c`` computed exactly and rounded once to ``fmt`` (float64 result).
+
+    ``a`` and ``b`` must have at most 26 significant bits each (true for every
+    fp16/bf16/fp32 value and every nbit code), so ``a*b`` is exact in float64.
+    The sum is made exact-then-round-once with round-to-odd: TwoSum gives the
+    float64 sum and its exact error; forcing the last bit odd when the sum was
+    inexact makes the final rounding to any format of <= 51 bits correct.
+    """
+    a, b, c = (t.to(torch.float64) for t in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    even = (s.view(torch.int64) & 1) == 0
+    fix = (err != 0) & even & torch.isfinite(s)
+    toward = torch.where(err > 0, float("inf"), float("-inf")).to(s.dtype)
+    s = torch.where(fix, torch.nextafter(s, toward), s)
+    return round_to(s, fmt)
+
+
+# --- codes -------------------------------------------------------------------
+
+_INT_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16,
+             torch.int32: 32, torch.uint32: 32, torch.int64: 64}
+
+
+def unpack_codes(x: torch.Tensor, nbit: int, *, axis: int = -1, signed: bool = False,
+                 width: int | None = None) -> torch.Tensor:
+    """Codes of a packed integer tensor as int64.
+
+    Each element of ``x`` (``width`` bits, default its dtype's) holds
+    ``PER = width // nbit`` codes, code ``j`` at bits ``[j*nbit, (j+1)*nbit)``.
+    Returns ``x.shape`` with ``axis`` multiplied by ``PER``; output index along
+    ``axis`` is ``i*PER + j``. ``signed`` reads two's complement nbit codes.
+    """
+    width = width or _INT_BITS[x.dtype]
+    per = width // nbit
+    axis = axis % x.dim()
+    u = x.to(torch.int64) & ((1 << width) - 1)
+    shifts = torch.arange(per, dtype=torch.int64, device=x.device) * nbit
+    q = (u.unsqueeze(-1) >> shifts) & ((1 << nbit) - 1)  # [..., PER]
+    if signed:
+        q = q - ((q >> (nbit - 1)) << nbit)
+    q = q.movedim(-1, axis + 1)  # [..., n, PER, ...]
+    shape = list(x.shape)
+    shape[axis] *= per
+    return q.reshape(shape)
+
+
+def dequantize(x: torch.Tensor, scale, shift, nbit: int, dtype=torch.float16, *,
+               axis: int = -1, signed: bool = False) -> torch.Tensor:
+    """Exact reference of ``tl.dequantize``: ``scale*q + shift`` rounded once.
+
+    ``scale`` and ``shift`` (numbers or tensors broadcastable to the output) are
+    first rounded to ``dtype`` (as the kernels do), then the fused multiply-add is
+    evaluated exactly and rounded once. Returns a tensor of ``dtype``.
+    """
+    fmt = float_format(dtype)
+    q = unpack_codes(x, nbit, axis=axis, signed=signed).to(torch.float64)
+    s = round_to(torch.as_tensor(scale, dtype=torch.float64, device=q.device), fmt)
+    h = round_to(torch.as_tensor(shift, dtype=torch.float64, device=q.device), fmt)
+    out = fma(q, s, h, fmt)
+    return out.to(fmt.torch_dtype)
