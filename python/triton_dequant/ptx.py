@@ -481,6 +481,26 @@ def emulate(prog: Program, x: torch.Tensor, scale: Optional[torch.Tensor] = None
 
 # --- parsing rendered PTX back (to emulate exactly what was emitted) ------------------
 
+def from_compiled(block: str, variant: Variant) -> Program:
+    """Parse an asm block as it appears in compiled PTX, where LLVM replaced the
+    ``$k`` operands by its own registers: those are mapped back by position
+    against the rendered template; everything else (constants, selectors,
+    opcodes) is taken from the compiled text."""
+    import re
+    tok = re.compile(r"[^\s,{};]+")
+    template = render(build(variant))
+    got, want = tok.findall(block), tok.findall(template)
+    if len(got) != len(want):
+        raise ValueError("compiled asm block does not have the template's shape")
+    pieces, pos = [], 0
+    for m, t in zip(tok.finditer(block), want):
+        pieces.append(block[pos:m.start()])
+        pieces.append(t if t.startswith("$") else m.group(0))
+        pos = m.end()
+    pieces.append(block[pos:])
+    return parse("".join(pieces), variant)
+
+
 def parse(asm: str, variant: Variant) -> Program:
     """Rebuild a Program from rendered PTX text, so tests can emulate the exact
     string that went into the kernel (and catch a corrupted constant/selector)."""

@@ -1,0 +1,151 @@
+"""tl.dequantize end to end: every code at every position, every container,
+nbit, signedness and output type, four kinds of scale/shift, both axes.
+
+Without a GPU this runs in Triton's interpreter (the portable lowering); on a
+GPU the same kernels are compiled (the PTX lowering). The reference is the
+exact value rounded once (triton_dequant.reference)."""
+import itertools
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import triton_dequant  # noqa: F401  (registers tl.dequantize)
+from triton_dequant import reference as ref
+
+from conftest import DEVICE
+from dq_cases import CONTAINERS, DSTS, PAIRS, TORCH_DST, as_container, every_code_words
+
+TL_DST = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
+
+
+@triton.jit
+def _kernel(x_ptr, s_ptr, h_ptr, sv_ptr, hv_ptr, so_ptr, ho_ptr,
+            y_const, y_scalar, y_vec, y_out,
+            R: tl.constexpr, C: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
+            DST: tl.constexpr, SIGNED: tl.constexpr, AXIS: tl.constexpr,
+            SCALE: tl.constexpr, SHIFT: tl.constexpr):
+    r = tl.arange(0, R)[:, None]
+    c = tl.arange(0, C)[None, :]
+    x = tl.load(x_ptr + r * C + c)
+    if AXIS == 0:
+        RO: tl.constexpr = R * PER
+        CO: tl.constexpr = C
+        vec = c  # one scale per column: constant along the unpacked axis
+    else:
+        RO: tl.constexpr = R
+        CO: tl.constexpr = C * PER
+        vec = r
+    ro = tl.arange(0, RO)[:, None]
+    co = tl.arange(0, CO)[None, :]
+    out = ro * CO + co
+    # 1. Python constants (immediates)
+    y = tl.dequantize(x, SCALE, SHIFT, NBIT, DST, axis=AXIS, signed=SIGNED)
+    tl.store(y_const + out, y)
+    # 2. scalar tensors
+    y = tl.dequantize(x, tl.load(s_ptr), tl.load(h_ptr), NBIT, DST, axis=AXIS, signed=SIGNED)
+    tl.store(y_scalar + out, y)
+    # 3. one value per row (axis -1) or per column (axis 0)
+    y = tl.dequantize(x, tl.load(sv_ptr + vec), tl.load(hv_ptr + vec), NBIT, DST, axis=AXIS, signed=SIGNED)
+    tl.store(y_vec + out, y)
+    # 4. one value per output element
+    y = tl.dequantize(x, tl.load(so_ptr + out), tl.load(ho_ptr + out), NBIT, DST, axis=AXIS, signed=SIGNED)
+    tl.store(y_out + out, y)
+
+
+def _tile(n):
+    """A power-of-two [R, C] tile holding at least n words."""
+    total = 1 << max(n - 1, 1).bit_length()
+    c = 1 << ((total.bit_length() - 1) // 2)
+    return total // c, c
+
+
+def _bits(t):
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+CASES = [(w, n, dt, s, d, a)
+         for (w, n), s, d, a in itertools.product(PAIRS, (False, True), DSTS, (-1, 0))
+         for dt in CONTAINERS[w][:1]]
+# the other container signedness of each width: fewer combinations
+CASES += [(w, n, CONTAINERS[w][1], s, "fp16", -1) for (w, n), s in itertools.product(PAIRS, (False, True))]
+
+
+@pytest.mark.parametrize("width,nbit,container,signed,dst,axis", CASES,
+                         ids=lambda v: str(v).replace("torch.", ""))
+def test_bit_exact(width, nbit, container, signed, dst, axis):
+    gen = torch.Generator().manual_seed(width * 100 + nbit * 10 + signed)
+    words = every_code_words(width, nbit, gen)
+    R, C = _tile(len(words))
+    pad = torch.randint(0, 1 << width, (R * C - len(words),), generator=gen, dtype=torch.int64)
+    x = as_container(torch.cat([words, pad]), container).reshape(R, C)
+    per = width // nbit
+    tdst = TORCH_DST[dst]
+    out_shape = (R * per, C) if axis == 0 else (R, C * per)
+    n_vec = C if axis == 0 else R
+
+    def rnd(*shape):  # values of dst dtype, both signs
+        return (torch.randn(*shape, generator=gen) * 3).to(tdst)
+
+    s, h = rnd(1), rnd(1)
+    sv, hv = rnd(n_vec), rnd(n_vec)
+    so, ho = rnd(*out_shape), rnd(*out_shape)
+    scale_c, shift_c = -0.3712890625, 5.5
+    ys = [torch.full(out_shape, float("nan"), dtype=tdst) for _ in range(4)]
+    dev = [t.to(DEVICE) for t in (x, s, h, sv, hv, so, ho, *ys)]
+    _kernel[(1,)](*dev, R, C, per, nbit, TL_DST[dst], signed, axis, scale_c, shift_c)
+    ys = [t.cpu() for t in dev[-4:]]
+    vec_shape = (1, C) if axis == 0 else (R, 1)
+    refs = [
+        ref.dequantize(x, scale_c, shift_c, nbit, tdst, axis=axis, signed=signed),
+        ref.dequantize(x, s, h, nbit, tdst, axis=axis, signed=signed),
+        ref.dequantize(x, sv.reshape(vec_shape), hv.reshape(vec_shape), nbit, tdst, axis=axis, signed=signed),
+        ref.dequantize(x, so, ho, nbit, tdst, axis=axis, signed=signed),
+    ]
+    for name, got, want in zip(("const", "scalar", "vector", "per-output"), ys, refs):
+        bad = _bits(got) != _bits(want)
+        assert not bad.any(), f"{name}: {int(bad.sum())} of {bad.numel()} outputs differ"
+
+
+@triton.jit
+def _tail_kernel(x_ptr, y_ptr, s, h, n_words, BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n_words, other=0)
+    y = tl.dequantize(x, s, h, NBIT)
+    o = pid * BLOCK * PER + tl.arange(0, BLOCK * PER)
+    tl.store(y_ptr + o, y, mask=o < n_words * PER)
+
+
+@pytest.mark.parametrize("nbit", [8, 4, 2, 1])
+@pytest.mark.parametrize("n_words", [1, 37, 1000])
+def test_tail_not_multiple_of_block(nbit, n_words):
+    gen = torch.Generator().manual_seed(n_words)
+    per = 32 // nbit
+    x = torch.randint(-2**31, 2**31 - 1, (n_words,), generator=gen, dtype=torch.int32)
+    y = torch.full((n_words * per + 5,), float("nan"), dtype=torch.float16)
+    xd, yd = x.to(DEVICE), y.to(DEVICE)
+    block = 64
+    _tail_kernel[(triton.cdiv(n_words, block),)](xd, yd, -0.75, 2.0, n_words, block, per, nbit)
+    y = yd.cpu()
+    want = ref.dequantize(x, -0.75, 2.0, nbit, torch.float16)
+    assert torch.equal(_bits(y[:n_words * per]), _bits(want))
+    assert torch.isnan(y[n_words * per:]).all()  # nothing written past the end
+
+
+@triton.jit
+def _mixed_kernel(x_ptr, s_ptr, y_ptr, N: tl.constexpr, PER: tl.constexpr):
+    x = tl.load(x_ptr + tl.arange(0, N))
+    y = tl.dequantize(x, tl.load(s_ptr), 0.5, 4, tl.float16)  # fp32 scale tensor, float shift
+    tl.store(y_ptr + tl.arange(0, N * PER), y)
+
+
+def test_scale_of_another_dtype_is_rounded_first():
+    x = torch.randint(-2**31, 2**31 - 1, (64,), dtype=torch.int32)
+    s = torch.tensor([0.1], dtype=torch.float32)  # not representable in fp16
+    y = torch.empty(64 * 8, dtype=torch.float16)
+    xd, sd, yd = x.to(DEVICE), s.to(DEVICE), y.to(DEVICE)
+    _mixed_kernel[(1,)](xd, sd, yd, 64, 8)
+    want = ref.dequantize(x, s.to(torch.float16), 0.5, 4, torch.float16)
+    assert torch.equal(_bits(yd.cpu()), _bits(want))
