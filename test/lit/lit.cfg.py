@@ -7,7 +7,7 @@ import sys
 import lit.formats
 
 config.name = "triton-dequant"
-config.test_format = lit.formats.ShTest(execute_external=True)
+config.test_format = lit.formats.ShTest(execute_external=False)
 config.suffixes = [".py"]
 config.excludes = ["lit.cfg.py", "lit_utils.py", "__init__.py"]
 config.test_source_root = os.path.dirname(__file__)
