@@ -347,15 +347,22 @@ def _lower_portable(x, sc, sh, nbit, width, dst, axis, signed, in_shape, out_sha
         outs.append(c)
     q = s.cast(_interleave(outs, axis, in_shape, out_shape, s), tl.float64)
     fmt = ref.float_format(_DST[dst])
-    return _round_once(q, _affine_f64(sc, dst, fmt, s), _affine_f64(sh, dst, fmt, s), dst, o)
+    return _round_once(q, _affine_f64(sc, dst, fmt, o), _affine_f64(sh, dst, fmt, o), dst, o)
 
 
-def _affine_f64(kind_val, dst, fmt, _semantic):
+def _affine_f64(kind_val, dst, fmt, o):
+    """scale/shift rounded to ``dst``, as a float64 tensor."""
+    s = o.s
     kind, v = kind_val
     if kind == "const":
         exact = float(ref.round_to(torch.tensor([v], dtype=torch.float64), fmt)[0])
-        return _scalar(exact, tl.float64, _semantic)
-    return _semantic.cast(_semantic.cast(v, dst), tl.float64)
+        return _scalar(exact, tl.float64, s)
+    # widen exactly first (the interpreter converts bf16 only to and from fp32)
+    v64 = s.cast(s.cast(v, tl.float32) if v.dtype == tl.bfloat16 else v, tl.float64)
+    if v.dtype == dst:
+        return v64
+    r = _round_once(v64, _scalar(1.0, tl.float64, s), _scalar(0.0, tl.float64, s), dst, o)
+    return s.cast(s.cast(r, tl.float32) if dst == tl.bfloat16 else r, tl.float64)
 
 
 def _round_once(q, scale, shift, dst, o):

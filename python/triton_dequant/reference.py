@@ -140,3 +140,82 @@ def dequantize(x: torch.Tensor, scale, shift, nbit: int, dtype=torch.float16, *,
     h = round_to(torch.as_tensor(shift, dtype=torch.float64, device=q.device), fmt)
     out = fma(q, s, h, fmt)
     return out.to(fmt.torch_dtype)
+
+
+# --- whole-tensor references of the host ops (triton_dequant.ops) -------------------
+
+_HEADER_ELEMS = {8: 4, 16: 2, 32: 1}  # container elements taken by the fp16 scale + shift
+
+
+def split_rows(rows: torch.Tensor):
+    """Row-fused layout ``[scale fp16, shift fp16, data...]`` -> (data, scale, shift).
+
+    int32 rows: word 0 holds scale in its low 16 bits and shift in its high 16 bits;
+    int16 rows: elements 0 and 1; uint8/int8 rows: bytes 0-1 and 2-3 (little endian)."""
+    width = _INT_BITS[rows.dtype]
+    head = rows[:, :_HEADER_ELEMS[width]].contiguous()
+    halves = head.view(torch.int16) if width <= 16 else head.view(torch.int16).reshape(-1, 2)
+    halves = halves.reshape(rows.shape[0], 2)
+    scale = halves[:, 0].view(torch.float16)
+    shift = halves[:, 1].view(torch.float16)
+    return rows[:, _HEADER_ELEMS[width]:], scale, shift
+
+
+def dequantize_rows(rows: torch.Tensor, nbit: int, dtype=torch.float16, *, dim: int | None = None,
+                    signed: bool = False) -> torch.Tensor:
+    """Exact reference of :func:`triton_dequant.dequantize_rows`: ``[R, dim]`` of ``dtype``."""
+    data, scale, shift = split_rows(rows)
+    out = dequantize(data, scale[:, None], shift[:, None], nbit, dtype, axis=-1, signed=signed)
+    return out if dim is None else out[:, :dim]
+
+
+def embedding_bag(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, nbit: int, *,
+                  mode: str = "sum", per_sample_weights: torch.Tensor | None = None,
+                  dim: int | None = None, dtype=torch.float32, include_last_offset: bool = False,
+                  signed: bool = False) -> torch.Tensor:
+    """Reference n-bit embedding bag over a row-fused table: each looked-up row is
+    dequantized to fp16 exactly (as the kernels do), weighted and summed in float64,
+    divided by the bag size for ``mode="mean"``, rounded once to ``dtype``."""
+    table = dequantize_rows(rows, nbit, torch.float16, dim=dim, signed=signed).to(torch.float64)
+    offs = offsets.tolist()
+    if not include_last_offset:
+        offs = offs + [indices.numel()]
+    out = torch.zeros(len(offs) - 1, table.shape[1], dtype=torch.float64)
+    w = None if per_sample_weights is None else per_sample_weights.to(torch.float64)
+    for b in range(len(offs) - 1):
+        lo, hi = offs[b], offs[b + 1]
+        if hi <= lo:
+            continue
+        v = table[indices[lo:hi].long()]
+        if w is not None:
+            v = v * w[lo:hi, None]
+        out[b] = v.sum(0) / (hi - lo) if mode == "mean" else v.sum(0)
+    return out.to(dtype)
+
+
+def linear_weight(qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int, *,
+                  dtype=torch.float16, group_size: int | None = None, packed_dim: int = 0,
+                  signed: bool = False) -> torch.Tensor:
+    """The dequantized weight ``W[k, n] = scale[k // group_size, n] * q[k, n] + shift[...]``
+    (one rounding to ``dtype``), ``[K, N]``. ``qweight`` packs codes along K
+    (``packed_dim=0``: ``[K / PER, N]``) or along N (``packed_dim=1``: ``[K, N / PER]``);
+    ``scale``/``shift`` are ``[N]`` (per channel) or ``[K / group_size, N]``."""
+    q = unpack_codes(qweight, nbit, axis=packed_dim, signed=signed).to(torch.float64)
+    K = q.shape[0]
+    s, h = (t.reshape(-1, t.shape[-1]) for t in (scale, shift))
+    if s.shape[0] > 1:
+        g = group_size or K // s.shape[0]
+        s, h = s.repeat_interleave(g, 0)[:K], h.repeat_interleave(g, 0)[:K]
+    fmt = float_format(dtype)
+    out = fma(q, round_to(s.to(torch.float64), fmt), round_to(h.to(torch.float64), fmt), fmt)
+    return out.to(dtype)
+
+
+def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int, *,
+           group_size: int | None = None, packed_dim: int = 0, signed: bool = False) -> torch.Tensor:
+    """``x @ W`` with ``W`` from :func:`linear_weight`, accumulated in float64 and
+    rounded to ``x.dtype``; ``x`` is ``[..., K]``."""
+    w = linear_weight(qweight.cpu(), scale.cpu(), shift.cpu(), nbit, dtype=x.dtype, group_size=group_size,
+                      packed_dim=packed_dim, signed=signed)
+    y = x.cpu().to(torch.float64) @ w.to(torch.float64)
+    return y.to(x.dtype).to(x.device)

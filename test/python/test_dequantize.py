@@ -135,17 +135,20 @@ def test_tail_not_multiple_of_block(nbit, n_words):
 
 
 @triton.jit
-def _mixed_kernel(x_ptr, s_ptr, y_ptr, N: tl.constexpr, PER: tl.constexpr):
+def _mixed_kernel(x_ptr, s_ptr, y_ptr, N: tl.constexpr, PER: tl.constexpr, DST: tl.constexpr):
     x = tl.load(x_ptr + tl.arange(0, N))
-    y = tl.dequantize(x, tl.load(s_ptr), 0.5, 4, tl.float16)  # fp32 scale tensor, float shift
+    y = tl.dequantize(x, tl.load(s_ptr), tl.load(s_ptr + 1), 4, DST)  # scale of another dtype
     tl.store(y_ptr + tl.arange(0, N * PER), y)
 
 
-def test_scale_of_another_dtype_is_rounded_first():
-    x = torch.randint(-2**31, 2**31 - 1, (64,), dtype=torch.int32)
-    s = torch.tensor([0.1], dtype=torch.float32)  # not representable in fp16
-    y = torch.empty(64 * 8, dtype=torch.float16)
+@pytest.mark.parametrize("scale_dtype,dst", [(s, d) for s in (torch.float16, torch.bfloat16, torch.float32)
+                                             for d in DSTS if TORCH_DST[d] != s])
+def test_scale_of_another_dtype_is_rounded_first(scale_dtype, dst):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(-2**31, 2**31 - 1, (64,), dtype=torch.int32, generator=gen)
+    s = (torch.randn(2, generator=gen) * 0.37).to(scale_dtype)  # rarely representable in dst
+    y = torch.empty(64 * 8, dtype=TORCH_DST[dst])
     xd, sd, yd = x.to(DEVICE), s.to(DEVICE), y.to(DEVICE)
-    _mixed_kernel[(1,)](xd, sd, yd, 64, 8)
-    want = ref.dequantize(x, s.to(torch.float16), 0.5, 4, torch.float16)
+    _mixed_kernel[(1,)](xd, sd, yd, 64, 8, TL_DST[dst])
+    want = ref.dequantize(x, s[0], s[1], 4, TORCH_DST[dst])
     assert torch.equal(_bits(yd.cpu()), _bits(want))

@@ -1,0 +1,1 @@
+"""Ready Triton kernels built on ``tl.dequantize`` (host entry points take torch tensors)."""

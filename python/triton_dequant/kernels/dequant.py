@@ -1,0 +1,141 @@
+"""Standalone dequantization kernels: whole tensors and the row-fused format.
+
+Host functions take torch tensors already checked by :mod:`triton_dequant.ops`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+import triton_dequant  # noqa: F401  (registers tl.dequantize)
+
+_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
+
+
+@triton.jit
+def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, s_row, h_row, s_col, h_col,
+                  BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr, DST: tl.constexpr,
+                  SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
+    """One [BLOCK]-word segment of row ``pid(0)`` of a [rows, n] packed tensor.
+
+    Scale/shift: element ``(row, c)`` of the output at ``row*s_row + c*s_col``;
+    with ``PER_OUTPUT`` false they are constant along the row (s_col == 0)."""
+    row = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1)
+    cols = t * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + row * n + cols, mask=cols < n)
+    out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
+    if PER_OUTPUT:
+        s = tl.load(s_ptr + row * s_row + out * s_col, mask=out < n * PER)
+        h = tl.load(h_ptr + row * h_row + out * h_col, mask=out < n * PER)
+    else:
+        s = tl.load(s_ptr + row * s_row)
+        h = tl.load(h_ptr + row * h_row)
+    y = tl.dequantize(x, s, h, NBIT, DST, signed=SIGNED)
+    tl.store(y_ptr + row * n * PER + out, y, mask=out < n * PER)
+
+
+@triton.jit
+def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, s_outer, s_mid, s_inner, h_outer, h_mid, h_inner,
+                 BN: tl.constexpr, BB: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
+                 DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
+    """A [BN, BB] tile of a packed [outer, n, inner] tensor, unpacked along the middle dim."""
+    a = tl.program_id(0).to(tl.int64)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)[:, None]
+    rb = tl.program_id(2) * BB + tl.arange(0, BB)[None, :]
+    x = tl.load(x_ptr + a * n * inner + rn * inner + rb, mask=(rn < n) & (rb < inner))
+    ro = tl.program_id(1) * BN * PER + tl.arange(0, BN * PER)[:, None]
+    omask = (ro < n * PER) & (rb < inner)
+    if PER_OUTPUT:
+        s = tl.load(s_ptr + a * s_outer + ro * s_mid + rb * s_inner, mask=omask)
+        h = tl.load(h_ptr + a * h_outer + ro * h_mid + rb * h_inner, mask=omask)
+    else:
+        s = tl.load(s_ptr + a * s_outer + rb * s_inner, mask=rb < inner)
+        h = tl.load(h_ptr + a * h_outer + rb * h_inner, mask=rb < inner)
+    y = tl.dequantize(x, s, h, NBIT, DST, axis=0, signed=SIGNED)
+    tl.store(y_ptr + a * n * PER * inner + ro * inner + rb, y, mask=omask)
+
+
+def _as3(t: torch.Tensor, out_shape: list, o3: tuple) -> torch.Tensor:
+    """``t`` broadcast to the output and seen as (outer, n*PER, inner); a view
+    (stride 0 where broadcast) whenever the merged dims allow it."""
+    t = t.reshape([1] * (len(out_shape) - t.dim()) + list(t.shape))
+    return t.expand(out_shape).reshape(o3)
+
+
+def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int = 1024, num_warps: int = 4):
+    width = _BITS[packed.dtype]
+    per = width // nbit
+    packed = packed.contiguous()
+    shape = list(packed.shape)
+    outer = int(torch.tensor(shape[:dim]).prod()) if dim else 1
+    n = shape[dim]
+    inner = int(torch.tensor(shape[dim + 1:]).prod()) if dim + 1 < len(shape) else 1
+    out_shape = list(shape)
+    out_shape[dim] *= per
+    y = torch.empty(out_shape, dtype=dtype, device=packed.device)
+    if y.numel() == 0:
+        return y
+    # scale/shift broadcast to the output, seen as [outer, n*PER, inner]
+    o3 = (outer, n * per, inner)
+    s3, h3 = _as3(scale, out_shape, o3), _as3(shift, out_shape, o3)
+    per_output = s3.stride(1) != 0 or h3.stride(1) != 0
+    common = dict(PER=per, NBIT=nbit, DST=_TL[dtype], SIGNED=signed, PER_OUTPUT=per_output)
+    if inner == 1:
+        b = min(block, triton.next_power_of_2(n))
+        grid = (outer, triton.cdiv(n, b))
+        _dequant_last[grid](packed, s3, h3, y, n, s3.stride(0), h3.stride(0), s3.stride(1), h3.stride(1),
+                            BLOCK=b, num_warps=num_warps, **common)
+    else:
+        bb = min(64, triton.next_power_of_2(inner))
+        bn = max(1, min(triton.next_power_of_2(n), 4096 // (bb * per)))
+        grid = (outer, triton.cdiv(n, bn), triton.cdiv(inner, bb))
+        _dequant_mid[grid](packed, s3, h3, y, n, inner, *s3.stride(), *h3.stride(),
+                           BN=bn, BB=bb, num_warps=num_warps, **common)
+    return y
+
+
+@triton.jit
+def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.constexpr,
+                  NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr):
+    """Row ``pid(0)`` of a row-fused table, elements ``[pid(1)*BLOCK, +BLOCK)``.
+
+    The tile starts at the row start, header included, so loads stay aligned to
+    the row; the header's own outputs fall at negative indices and are masked."""
+    HEADER: tl.constexpr = 32 // WIDTH  # container elements in the 4-byte header
+    row = tl.program_id(0).to(tl.int64)
+    base = rows_ptr + row * n_elems
+    if WIDTH == 32:
+        head = tl.load(base)
+        s = (head & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    elif WIDTH == 16:
+        s = tl.load(base).to(tl.float16, bitcast=True)
+        h = tl.load(base + 1).to(tl.float16, bitcast=True)
+    else:
+        b = base.to(tl.pointer_type(tl.uint8))
+        s = (tl.load(b).to(tl.uint16) | (tl.load(b + 1).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
+        h = (tl.load(b + 2).to(tl.uint16) | (tl.load(b + 3).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
+    t = tl.program_id(1)
+    cols = t * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(base + cols, mask=cols < n_elems)
+    y = tl.dequantize(x, s, h, NBIT, DST, signed=SIGNED)
+    out = (t * BLOCK - HEADER) * PER + tl.arange(0, BLOCK * PER)
+    tl.store(y_ptr + row * dim + out, y, mask=(out >= 0) & (out < dim))
+
+
+def dequantize_rows(rows, nbit, dtype, dim, signed, block: int = 1024, num_warps: int = 4):
+    width = _BITS[rows.dtype]
+    per = width // nbit
+    rows = rows.contiguous()
+    R, E = rows.shape
+    y = torch.empty((R, dim), dtype=dtype, device=rows.device)
+    if y.numel() == 0:
+        return y
+    used = 32 // width + triton.cdiv(dim, per)  # header + data elements actually needed
+    b = min(block, triton.next_power_of_2(used))
+    _dequant_rows[(R, triton.cdiv(used, b))](rows, y, E, dim, BLOCK=b, PER=per, NBIT=nbit, WIDTH=width,
+                                             DST=_TL[dtype], SIGNED=signed, num_warps=num_warps)
+    return y
