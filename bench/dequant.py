@@ -1,0 +1,160 @@
+"""Standalone dequantization: whole tensors and the row-fused format.
+
+Cases: 2**28 fp16 outputs, nbit 8/4/2 (int32 containers for 8/4, int16 for 2,
+the seed's formats). Baselines in the same process: device copy of the same
+bytes, torch eager, torch.compile, a naive Triton shift/mask kernel with the
+same tiling as ours.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_dequant import ops, reference as ref
+from triton_dequant.kernels import dequant as kdq
+
+from common import copy_us
+
+N_OUT = 1 << 28
+FORMATS = [(8, torch.int32), (4, torch.int32), (2, torch.int16)]
+
+
+@triton.jit
+def naive_last(x_ptr, s_ptr, h_ptr, y_ptr, n, BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
+               WIDTH: tl.constexpr):
+    """Same grid and tile as kernels.dequant._dequant_last, shift/mask + int->float."""
+    row = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1)
+    cols = t * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + row * n + cols, mask=cols < n)
+    u = x.to(tl.uint32) if WIDTH == 32 else x.to(tl.uint16, bitcast=True).to(tl.uint32)
+    q = (u[:, None] >> (tl.arange(0, PER) * NBIT)[None, :]) & ((1 << NBIT) - 1)
+    s = tl.load(s_ptr + row).to(tl.float16)
+    h = tl.load(h_ptr + row).to(tl.float16)
+    y = tl.reshape(q.to(tl.float16) * s + h, [BLOCK * PER])
+    out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
+    tl.store(y_ptr + row * n * PER + out, y, mask=out < n * PER)
+
+
+@triton.jit
+def naive_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr):
+    """Same grid and tile as kernels.dequant._dequant_rows (int32 rows), shift/mask + int->float."""
+    row = tl.program_id(0).to(tl.int64)
+    base = rows_ptr + row * n_elems
+    head = tl.load(base)
+    s = (head & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+    h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    t = tl.program_id(1)
+    cols = t * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(base + cols, mask=cols < n_elems).to(tl.uint32)
+    q = (x[:, None] >> (tl.arange(0, PER) * NBIT)[None, :]) & ((1 << NBIT) - 1)
+    y = tl.reshape(q.to(tl.float16) * s + h, [BLOCK * PER])
+    out = (t * BLOCK - 1) * PER + tl.arange(0, BLOCK * PER)
+    tl.store(y_ptr + row * dim + out, y, mask=(out >= 0) & (out < dim))
+
+
+def _torch_dequant(x, s, h, nbit):
+    width = torch.iinfo(x.dtype).bits
+    per = width // nbit
+    shifts = torch.arange(per, device=x.device, dtype=torch.int32) * nbit
+    q = (x.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << nbit) - 1)
+    return q.reshape(*x.shape[:-1], -1).to(torch.float16) * s + h
+
+
+def _torch_rows(rows, nbit, dim):
+    head = rows[:, :1].contiguous().view(torch.float16)  # [R, 2]: scale, shift
+    return _torch_dequant(rows[:, 1:], head[:, :1], head[:, 1:], nbit)[:, :dim]
+
+
+_compiled = {}
+
+
+def _compiled_fn(name, fn):
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _compiled[name]
+
+
+def _check(name, got, want, exact=True):
+    """Ours must be bit-exact; baselines round twice (mul, then add) unless fused,
+    so they get a tolerance of a couple of fp16 ulps."""
+    if exact:
+        bad = (got.view(torch.int16) != want.view(torch.int16)).sum().item()
+    else:
+        bad = (~torch.isclose(got.float(), want.float(), rtol=2e-3, atol=1e-3)).sum().item()
+    if bad:
+        raise AssertionError(f"{name}: {bad} outputs differ from the reference")
+
+
+def run(time_us, record, device="cuda", n_out: int = N_OUT):
+    gen = torch.Generator(device=device).manual_seed(0)
+    for nbit, container in FORMATS:
+        width = torch.iinfo(container).bits
+        per = width // nbit
+        n_words = n_out // per
+        x = torch.randint(-2 ** (width - 1), 2 ** (width - 1) - 1, (1, n_words), dtype=container,
+                          device=device, generator=gen)
+        s = torch.tensor([[0.0625]], dtype=torch.float16, device=device)
+        h = torch.tensor([[-1.5]], dtype=torch.float16, device=device)
+        nbytes = x.numel() * x.element_size() + n_out * 2
+        shape = f"n_out=2^{n_out.bit_length() - 1},container=int{width}"
+        # correctness first: ours vs the exact reference on a slice, then everything vs ours
+        ours = lambda: ops.dequantize(x, s, h, nbit)
+        y = ours()
+        head = x[:, :4096].cpu()
+        _check("ours (head)", y[:, :4096 * per].cpu(), ref.dequantize(head, s.cpu(), h.cpu(), nbit))
+        y_naive = torch.empty_like(y)
+        block = 1024
+        naive = lambda: naive_last[(1, triton.cdiv(n_words, block))](x, s, h, y_naive, n_words, BLOCK=block,
+                                                                     PER=per, NBIT=nbit, WIDTH=width)
+        naive()
+        _check("naive-triton", y_naive, y, exact=False)
+        eager = lambda: _torch_dequant(x, s, h, nbit)
+        _check("torch-eager", eager(), y, exact=False)
+        comp = _compiled_fn(f"dq{nbit}", _torch_dequant)
+        compiled = lambda: comp(x, s, h, nbit)
+        _check("torch-compile", compiled(), y, exact=False)
+        for impl, fn in (("ours", ours), ("naive-triton", naive), ("torch-compile", compiled),
+                         ("torch-eager", eager)):
+            record(bench="dequant", nbit=nbit, shape=shape, impl=impl, us=time_us(fn), bytes=nbytes)
+        record(bench="dequant", nbit=nbit, shape=shape, impl="copy", us=copy_us(time_us, nbytes, device),
+               bytes=nbytes)
+        del x, y, y_naive
+
+    # row-fused int32 rows of D = 4096 codes, padded to a 16-byte multiple
+    for nbit in (8, 4, 2):
+        per = 32 // nbit
+        block = 1024
+        D = 4096
+        data_words = D // per
+        E = (1 + data_words + 3) // 4 * 4
+        R = n_out // D
+        rows = torch.randint(-2 ** 31, 2 ** 31 - 1, (R, E), dtype=torch.int32, device=device, generator=gen)
+        sh = (torch.rand(R, 2, device=device, generator=gen) - 0.5).half()  # valid fp16 header values
+        rows[:, 0] = sh.view(torch.int32).view(-1)
+        nbytes = R * (1 + data_words) * 4 + R * D * 2
+        shape = f"n_out=2^{n_out.bit_length() - 1},D={D},row_words={E}"
+        ours = lambda: ops.dequantize_rows(rows, nbit, dim=D)
+        y = ours()
+        _check("rows ours (head)", y[:64].cpu(), ref.dequantize_rows(rows[:64].cpu(), nbit, dim=D))
+        y_naive = torch.empty_like(y)
+        used = 1 + data_words
+        b = min(block, triton.next_power_of_2(used))
+        naive = lambda: naive_rows[(R, triton.cdiv(used, b))](rows, y_naive, E, D, BLOCK=b, PER=per, NBIT=nbit)
+        naive()
+        _check("rows naive-triton", y_naive, y, exact=False)
+        eager = lambda: _torch_rows(rows, nbit, D)
+        _check("rows torch-eager", eager(), y, exact=False)
+        comp = _compiled_fn(f"rows{nbit}", _torch_rows)
+        compiled = lambda: comp(rows, nbit, D)
+        _check("rows torch-compile", compiled(), y, exact=False)
+        for impl, fn in (("ours", ours), ("naive-triton", naive), ("torch-compile", compiled),
+                         ("torch-eager", eager)):
+            record(bench="dequant_rows", nbit=nbit, shape=shape, impl=impl, us=time_us(fn), bytes=nbytes)
+        record(bench="dequant_rows", nbit=nbit, shape=shape, impl="copy", us=copy_us(time_us, nbytes, device),
+               bytes=nbytes)
+        del rows, y, y_naive
+
+
+DRY_RUN = {"n_out": 1 << 13}
