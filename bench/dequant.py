@@ -21,11 +21,12 @@ FORMATS = [(8, torch.int32), (4, torch.int32), (2, torch.int16)]
 
 
 @triton.jit
-def naive_last(x_ptr, s_ptr, h_ptr, y_ptr, n, BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
-               WIDTH: tl.constexpr):
+def naive_last(x_ptr, s_ptr, h_ptr, y_ptr, n, tiles, BLOCK: tl.constexpr, PER: tl.constexpr,
+               NBIT: tl.constexpr, WIDTH: tl.constexpr):
     """Same grid and tile as kernels.dequant._dequant_last, shift/mask + int->float."""
-    row = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1)
+    pid = tl.program_id(0)
+    row = (pid // tiles).to(tl.int64)
+    t = pid % tiles
     cols = t * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + row * n + cols, mask=cols < n)
     u = x.to(tl.uint32) if WIDTH == 32 else x.to(tl.uint16, bitcast=True).to(tl.uint32)
@@ -106,8 +107,9 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         _check("ours (head)", y[:, :4096 * per].cpu(), ref.dequantize(head, s.cpu(), h.cpu(), nbit))
         y_naive = torch.empty_like(y)
         block = 1024
-        naive = lambda: naive_last[(1, triton.cdiv(n_words, block))](x, s, h, y_naive, n_words, BLOCK=block,
-                                                                     PER=per, NBIT=nbit, WIDTH=width)
+        tiles = triton.cdiv(n_words, block)
+        naive = lambda: naive_last[(tiles,)](x, s, h, y_naive, n_words, tiles, BLOCK=block, PER=per, NBIT=nbit,
+                                             WIDTH=width)
         naive()
         _check("naive-triton", y_naive, y, exact=False)
         eager = lambda: _torch_dequant(x, s, h, nbit)

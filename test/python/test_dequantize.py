@@ -23,23 +23,24 @@ TL_DST = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
 @triton.jit
 def _kernel(x_ptr, s_ptr, h_ptr, sv_ptr, hv_ptr, so_ptr, ho_ptr,
             y_const, y_scalar, y_vec, y_out,
-            R: tl.constexpr, C: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
+            RB: tl.constexpr, C: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
             DST: tl.constexpr, SIGNED: tl.constexpr, AXIS: tl.constexpr,
             SCALE: tl.constexpr, SHIFT: tl.constexpr):
-    r = tl.arange(0, R)[:, None]
+    """Rows [pid*RB, (pid+1)*RB) of a [R, C] packed tile, dequantized four ways."""
+    pid = tl.program_id(0)
+    r = pid * RB + tl.arange(0, RB)[:, None]
     c = tl.arange(0, C)[None, :]
     x = tl.load(x_ptr + r * C + c)
     if AXIS == 0:
-        RO: tl.constexpr = R * PER
-        CO: tl.constexpr = C
+        ro = pid * RB * PER + tl.arange(0, RB * PER)[:, None]
+        co = tl.arange(0, C)[None, :]
+        out = ro * C + co
         vec = c  # one scale per column: constant along the unpacked axis
     else:
-        RO: tl.constexpr = R
-        CO: tl.constexpr = C * PER
+        ro = pid * RB + tl.arange(0, RB)[:, None]
+        co = tl.arange(0, C * PER)[None, :]
+        out = ro * (C * PER) + co
         vec = r
-    ro = tl.arange(0, RO)[:, None]
-    co = tl.arange(0, CO)[None, :]
-    out = ro * CO + co
     # 1. Python constants (immediates)
     y = tl.dequantize(x, SCALE, SHIFT, NBIT, DST, axis=AXIS, signed=SIGNED)
     tl.store(y_const + out, y)
@@ -54,11 +55,17 @@ def _kernel(x_ptr, s_ptr, h_ptr, sv_ptr, hv_ptr, so_ptr, ho_ptr,
     tl.store(y_out + out, y)
 
 
-def _tile(n):
-    """A power-of-two [R, C] tile holding at least n words."""
-    total = 1 << max(n - 1, 1).bit_length()
-    c = 1 << ((total.bit_length() - 1) // 2)
-    return total // c, c
+C = 16  # words per row of the test tile
+
+
+def _rows(n):
+    """Power-of-two row count holding at least n words in rows of C."""
+    return max(1, 1 << max(-(-n // C) - 1, 0).bit_length())
+
+
+def _row_block(rows, per):
+    # interpreter: one program; compiled: small tiles (<= 2048 outputs per call)
+    return rows if DEVICE == "cpu" else max(1, min(rows, 2048 // (C * per)))
 
 
 def _bits(t):
@@ -77,7 +84,7 @@ CASES += [(w, n, CONTAINERS[w][1], s, "fp16", -1) for (w, n), s in itertools.pro
 def test_bit_exact(width, nbit, container, signed, dst, axis):
     gen = torch.Generator().manual_seed(width * 100 + nbit * 10 + signed)
     words = every_code_words(width, nbit, gen)
-    R, C = _tile(len(words))
+    R = _rows(len(words))
     pad = torch.randint(0, 1 << width, (R * C - len(words),), generator=gen, dtype=torch.int64)
     x = as_container(torch.cat([words, pad]), container).reshape(R, C)
     per = width // nbit
@@ -94,7 +101,8 @@ def test_bit_exact(width, nbit, container, signed, dst, axis):
     scale_c, shift_c = -0.3712890625, 5.5
     ys = [torch.full(out_shape, float("nan"), dtype=tdst) for _ in range(4)]
     dev = [t.to(DEVICE) for t in (x, s, h, sv, hv, so, ho, *ys)]
-    _kernel[(1,)](*dev, R, C, per, nbit, TL_DST[dst], signed, axis, scale_c, shift_c)
+    rb = _row_block(R, per)
+    _kernel[(R // rb,)](*dev, rb, C, per, nbit, TL_DST[dst], signed, axis, scale_c, shift_c)
     ys = [t.cpu() for t in dev[-4:]]
     vec_shape = (1, C) if axis == 0 else (R, 1)
     refs = [

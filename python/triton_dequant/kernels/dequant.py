@@ -15,15 +15,17 @@ _BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch
 
 
 @triton.jit
-def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, s_row, h_row, s_col, h_col,
+def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, tiles, s_row, h_row, s_col, h_col,
                   BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr, DST: tl.constexpr,
                   SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
-    """One [BLOCK]-word segment of row ``pid(0)`` of a [rows, n] packed tensor.
+    """One [BLOCK]-word segment of a [rows, n] packed tensor (``tiles`` per row;
+    a 1-D grid: CUDA caps grid dims 1 and 2 at 65535).
 
     Scale/shift: element ``(row, c)`` of the output at ``row*s_row + c*s_col``;
     with ``PER_OUTPUT`` false they are constant along the row (s_col == 0)."""
-    row = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1)
+    pid = tl.program_id(0)
+    row = (pid // tiles).to(tl.int64)
+    t = pid % tiles
     cols = t * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + row * n + cols, mask=cols < n)
     out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
@@ -38,15 +40,17 @@ def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, s_row, h_row, s_col, h_col,
 
 
 @triton.jit
-def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, s_outer, s_mid, s_inner, h_outer, h_mid, h_inner,
-                 BN: tl.constexpr, BB: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr,
-                 DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
+def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, tiles_n, tiles_b, s_outer, s_mid, s_inner,
+                 h_outer, h_mid, h_inner, BN: tl.constexpr, BB: tl.constexpr, PER: tl.constexpr,
+                 NBIT: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
     """A [BN, BB] tile of a packed [outer, n, inner] tensor, unpacked along the middle dim."""
-    a = tl.program_id(0).to(tl.int64)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)[:, None]
-    rb = tl.program_id(2) * BB + tl.arange(0, BB)[None, :]
+    pid = tl.program_id(0)
+    a = (pid // (tiles_n * tiles_b)).to(tl.int64)
+    tn = (pid // tiles_b) % tiles_n
+    rn = tn * BN + tl.arange(0, BN)[:, None]
+    rb = (pid % tiles_b) * BB + tl.arange(0, BB)[None, :]
     x = tl.load(x_ptr + a * n * inner + rn * inner + rb, mask=(rn < n) & (rb < inner))
-    ro = tl.program_id(1) * BN * PER + tl.arange(0, BN * PER)[:, None]
+    ro = tn * BN * PER + tl.arange(0, BN * PER)[:, None]
     omask = (ro < n * PER) & (rb < inner)
     if PER_OUTPUT:
         s = tl.load(s_ptr + a * s_outer + ro * s_mid + rb * s_inner, mask=omask)
@@ -85,15 +89,15 @@ def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int = 1024
     common = dict(PER=per, NBIT=nbit, DST=_TL[dtype], SIGNED=signed, PER_OUTPUT=per_output)
     if inner == 1:
         b = min(block, triton.next_power_of_2(n))
-        grid = (outer, triton.cdiv(n, b))
-        _dequant_last[grid](packed, s3, h3, y, n, s3.stride(0), h3.stride(0), s3.stride(1), h3.stride(1),
-                            BLOCK=b, num_warps=num_warps, **common)
+        tiles = triton.cdiv(n, b)
+        _dequant_last[(outer * tiles,)](packed, s3, h3, y, n, tiles, s3.stride(0), h3.stride(0),
+                                        s3.stride(1), h3.stride(1), BLOCK=b, num_warps=num_warps, **common)
     else:
         bb = min(64, triton.next_power_of_2(inner))
         bn = max(1, min(triton.next_power_of_2(n), 4096 // (bb * per)))
-        grid = (outer, triton.cdiv(n, bn), triton.cdiv(inner, bb))
-        _dequant_mid[grid](packed, s3, h3, y, n, inner, *s3.stride(), *h3.stride(),
-                           BN=bn, BB=bb, num_warps=num_warps, **common)
+        tn, tb = triton.cdiv(n, bn), triton.cdiv(inner, bb)
+        _dequant_mid[(outer * tn * tb,)](packed, s3, h3, y, n, inner, tn, tb, *s3.stride(), *h3.stride(),
+                                         BN=bn, BB=bb, num_warps=num_warps, **common)
     return y
 
 
