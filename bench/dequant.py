@@ -17,6 +17,7 @@ from triton_dequant.kernels import dequant as kdq
 from common import copy_us
 
 N_OUT = 1 << 28
+WARPS = 8  # kernels.dequant's default
 FORMATS = [(8, torch.int32), (4, torch.int32), (2, torch.int16)]
 
 
@@ -106,10 +107,10 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         head = x[:, :4096].cpu()
         _check("ours (head)", y[:, :4096 * per].cpu(), ref.dequantize(head, s.cpu(), h.cpu(), nbit))
         y_naive = torch.empty_like(y)
-        block = 1024
+        block = kdq._default_tile(per, torch.float16, WARPS)  # the tile ours uses
         tiles = triton.cdiv(n_words, block)
         naive = lambda: naive_last[(tiles,)](x, s, h, y_naive, n_words, tiles, BLOCK=block, PER=per, NBIT=nbit,
-                                             WIDTH=width)
+                                             WIDTH=width, num_warps=WARPS)
         naive()
         _check("naive-triton", y_naive, y, exact=False)
         eager = lambda: _torch_dequant(x, s, h, nbit)
@@ -127,7 +128,7 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
     # row-fused int32 rows of D = 4096 codes, padded to a 16-byte multiple
     for nbit in (8, 4, 2):
         per = 32 // nbit
-        block = 1024
+        block = kdq._default_tile(per, torch.float16, WARPS)
         D = 4096
         data_words = D // per
         E = (1 + data_words + 3) // 4 * 4
@@ -143,7 +144,8 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         y_naive = torch.empty_like(y)
         used = 1 + data_words
         b = min(block, triton.next_power_of_2(used))
-        naive = lambda: naive_rows[(R, triton.cdiv(used, b))](rows, y_naive, E, D, BLOCK=b, PER=per, NBIT=nbit)
+        naive = lambda: naive_rows[(R, triton.cdiv(used, b))](rows, y_naive, E, D, BLOCK=b, PER=per, NBIT=nbit,
+                                                               num_warps=WARPS)
         naive()
         _check("rows naive-triton", y_naive, y, exact=False)
         eager = lambda: _torch_rows(rows, nbit, D)

@@ -69,7 +69,15 @@ def _as3(t: torch.Tensor, out_shape: list, o3: tuple) -> torch.Tensor:
     return t.expand(out_shape).reshape(o3)
 
 
-def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int = 1024, num_warps: int = 4):
+def _default_tile(per: int, dtype: torch.dtype, num_warps: int) -> int:
+    """Words per program so that each thread owns one 16-byte vector of outputs:
+    on the H100 that is where the standalone kernel runs at the copy limit
+    (bench/results/h100_sweep_dequant.log), and no layout conversion is needed."""
+    out_per_thread = 16 // torch.empty((), dtype=dtype).element_size()
+    return num_warps * 32 * max(1, out_per_thread // per)
+
+
+def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
     width = _BITS[packed.dtype]
     per = width // nbit
     packed = packed.contiguous()
@@ -86,6 +94,7 @@ def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int = 1024
     o3 = (outer, n * per, inner)
     s3, h3 = _as3(scale, out_shape, o3), _as3(shift, out_shape, o3)
     per_output = s3.stride(1) != 0 or h3.stride(1) != 0
+    block = block or _default_tile(per, dtype, num_warps)
     common = dict(PER=per, NBIT=nbit, DST=_TL[dtype], SIGNED=signed, PER_OUTPUT=per_output)
     if inner == 1:
         b = min(block, triton.next_power_of_2(n))
@@ -130,9 +139,10 @@ def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.co
     tl.store(y_ptr + row * dim + out, y, mask=(out >= 0) & (out < dim))
 
 
-def dequantize_rows(rows, nbit, dtype, dim, signed, block: int = 1024, num_warps: int = 4):
+def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
     width = _BITS[rows.dtype]
     per = width // nbit
+    block = block or _default_tile(per, dtype, num_warps)
     rows = rows.contiguous()
     R, E = rows.shape
     y = torch.empty((R, dim), dtype=dtype, device=rows.device)
