@@ -26,3 +26,13 @@ def copy_us(time_us, nbytes: int, device: str = "cuda") -> float:
     src = torch.randint(0, 255, (nbytes // 2,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     return time_us(lambda: dst.copy_(src))
+
+
+def time_all(time_us, fns: dict, rounds: int = 2) -> dict:
+    """Time every callable ``rounds`` times, interleaved (a, b, c, a, b, c) so that
+    clock or thermal drift hits all alike; returns impl -> (best median, [medians])."""
+    runs = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            runs[k].append(time_us(fn))
+    return {k: (min(v), v) for k, v in runs.items()}

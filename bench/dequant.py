@@ -14,7 +14,7 @@ import triton.language as tl
 from triton_dequant import ops, reference as ref
 from triton_dequant.kernels import dequant as kdq
 
-from common import copy_us
+from common import time_all
 
 N_OUT = 1 << 28
 WARPS = 8  # kernels.dequant's default
@@ -65,8 +65,10 @@ def _torch_dequant(x, s, h, nbit):
 
 
 def _torch_rows(rows, nbit, dim):
-    head = rows[:, :1].contiguous().view(torch.float16)  # [R, 2]: scale, shift
-    return _torch_dequant(rows[:, 1:], head[:, :1], head[:, 1:], nbit)[:, :dim]
+    head = rows[:, :1]  # scale in the low 16 bits, shift in the high 16 bits
+    s = (head & 0xFFFF).to(torch.int16).view(torch.float16)
+    h = (head >> 16).to(torch.int16).view(torch.float16)
+    return _torch_dequant(rows[:, 1:], s, h, nbit)[:, :dim]
 
 
 _compiled = {}
@@ -87,6 +89,15 @@ def _check(name, got, want, exact=True):
         bad = (~torch.isclose(got.float(), want.float(), rtol=2e-3, atol=1e-3)).sum().item()
     if bad:
         raise AssertionError(f"{name}: {bad} outputs differ from the reference")
+
+
+def _record_all(time_us, record, bench, nbit, shape, nbytes, device, ours, naive, compiled, eager):
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    fns = {"ours": ours, "naive-triton": naive, "torch-compile": compiled, "torch-eager": eager,
+           "copy": lambda: dst.copy_(src)}
+    for impl, (best, runs) in time_all(time_us, fns).items():
+        record(bench=bench, nbit=nbit, shape=shape, impl=impl, us=best, bytes=nbytes, runs=runs)
 
 
 def run(time_us, record, device="cuda", n_out: int = N_OUT):
@@ -118,11 +129,8 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         comp = _compiled_fn(f"dq{nbit}", _torch_dequant)
         compiled = lambda: comp(x, s, h, nbit)
         _check("torch-compile", compiled(), y, exact=False)
-        for impl, fn in (("ours", ours), ("naive-triton", naive), ("torch-compile", compiled),
-                         ("torch-eager", eager)):
-            record(bench="dequant", nbit=nbit, shape=shape, impl=impl, us=time_us(fn), bytes=nbytes)
-        record(bench="dequant", nbit=nbit, shape=shape, impl="copy", us=copy_us(time_us, nbytes, device),
-               bytes=nbytes)
+        _record_all(time_us, record, "dequant", nbit, shape, nbytes, device, ours=ours, naive=naive,
+                    compiled=compiled, eager=eager)
         del x, y, y_naive
 
     # row-fused int32 rows of D = 4096 codes, padded to a 16-byte multiple
@@ -153,11 +161,8 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         comp = _compiled_fn(f"rows{nbit}", _torch_rows)
         compiled = lambda: comp(rows, nbit, D)
         _check("rows torch-compile", compiled(), y, exact=False)
-        for impl, fn in (("ours", ours), ("naive-triton", naive), ("torch-compile", compiled),
-                         ("torch-eager", eager)):
-            record(bench="dequant_rows", nbit=nbit, shape=shape, impl=impl, us=time_us(fn), bytes=nbytes)
-        record(bench="dequant_rows", nbit=nbit, shape=shape, impl="copy", us=copy_us(time_us, nbytes, device),
-               bytes=nbytes)
+        _record_all(time_us, record, "dequant_rows", nbit, shape, nbytes, device, ours=ours, naive=naive,
+                    compiled=compiled, eager=eager)
         del rows, y, y_naive
 
 
