@@ -1,11 +1,18 @@
 """triton-dequant: fast sub-byte dequantization for stock Triton kernels.
 
-``import triton_dequant`` registers ``tl.dequantize`` (see :mod:`.language`).
+``import triton_dequant`` registers ``tl.dequantize`` (see :mod:`.language`):
+inside a ``@triton.jit`` kernel, ``tl.dequantize(x, scale, shift, nbit)``.
+Host ops on torch tensors live in :mod:`.ops` (``triton_dequant.ops.dequantize``,
+``dequantize_rows``, ``embedding_bag``, ``linear``).
 """
 from . import language, ptx, reference
 from .language import dequantize, use_portable
 
 language.install()
 
-__all__ = ["dequantize", "use_portable", "language", "ptx", "reference"]
+from . import ops  # noqa: E402  (registers the torch.library ops)
+from .ops import dequantize_rows, embedding_bag, linear  # noqa: E402
+
+__all__ = ["dequantize", "use_portable", "dequantize_rows", "embedding_bag", "linear",
+           "ops", "language", "ptx", "reference"]
 __version__ = "0.1.0"
