@@ -10,9 +10,11 @@ from .language import dequantize, use_portable
 
 language.install()
 
-from . import ops  # noqa: E402  (registers the torch.library ops)
+from . import interop, ops, packing  # noqa: E402  (ops registers the torch.library ops)
 from .ops import dequantize_rows, embedding_bag, linear  # noqa: E402
+from .packing import bitpack, bitunpack, pack, pack_rows, quantize, unpack, unpack_rows  # noqa: E402
 
 __all__ = ["dequantize", "use_portable", "dequantize_rows", "embedding_bag", "linear",
-           "ops", "language", "ptx", "reference"]
+           "pack", "unpack", "bitpack", "bitunpack", "quantize", "pack_rows", "unpack_rows",
+           "ops", "packing", "interop", "language", "ptx", "reference"]
 __version__ = "0.1.0"
