@@ -5,10 +5,11 @@ inside a ``@triton.jit`` kernel, ``tl.dequantize(x, scale, shift, nbit)``.
 Host ops on torch tensors live in :mod:`.ops` (``triton_dequant.ops.dequantize``,
 ``dequantize_rows``, ``embedding_bag``, ``linear``).
 """
-from . import language, ptx, reference
+from . import language, layout, ptx, reference
 from .language import dequantize, use_portable
 
 language.install()
+layout.install()  # in Triton's pipeline; off unless enabled (layout.enable() / TRITON_DEQUANT_LAYOUT=1)
 
 from . import interop, ops, packing  # noqa: E402  (ops registers the torch.library ops)
 from .ops import dequantize_rows, embedding_bag, linear  # noqa: E402
@@ -16,5 +17,5 @@ from .packing import bitpack, bitunpack, pack, pack_rows, quantize, unpack, unpa
 
 __all__ = ["dequantize", "use_portable", "dequantize_rows", "embedding_bag", "linear",
            "pack", "unpack", "bitpack", "bitunpack", "quantize", "pack_rows", "unpack_rows",
-           "ops", "packing", "interop", "language", "ptx", "reference"]
+           "ops", "packing", "interop", "language", "layout", "ptx", "reference"]
 __version__ = "0.1.0"

@@ -60,16 +60,12 @@ def lowering_key() -> str:
     """Everything that decides what ``tl.dequantize`` emits: the package's own
     lowering sources, the portable switch and the layout pass state. Mixed into
     the Triton cache key of every kernel that references ``dequantize``."""
-    try:
-        from . import layout
-        tag = layout.cache_tag()
-    except ImportError:  # TODO(lead): remove once layout.py lands
-        tag = "none"
+    from . import layout
     h = hashlib.sha256()
     for mod in (ptx, ref):
         h.update(ptx_source_hash(mod.__file__).encode())
     h.update(ptx_source_hash(__file__).encode())
-    h.update(f"portable={_portable_forced()};layout={tag}".encode())
+    h.update(f"portable={_portable_forced()};layout={layout.cache_tag()}".encode())
     return h.hexdigest()[:32]
 
 
