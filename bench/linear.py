@@ -69,10 +69,13 @@ def _eager_fn(nbit: int):
 _COMPILED: dict = {}
 
 
-def _compiled(nbit: int):
-    if nbit not in _COMPILED:
-        _COMPILED[nbit] = torch.compile(_eager_fn(nbit))
-    return _COMPILED[nbit]
+def _compiled(nbit: int, shape: tuple):
+    # one static graph per case: with dynamic shapes dynamo turns nbit into a
+    # symbol and fails on the shift
+    key = (nbit, shape)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_eager_fn(nbit), fullgraph=True, dynamic=False)
+    return _COMPILED[key]
 
 
 def _check(name: str, y: torch.Tensor, want: torch.Tensor) -> float:
@@ -189,7 +192,7 @@ def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_SIZ
         _check("torch-eager", eager(), want)
         fns = {"ours": ours, "naive-triton": naive, "cublas-fp16": cublas, "torch-eager": eager}
         if use_compile:
-            comp_f = _compiled(nbit)
+            comp_f = _compiled(nbit, (M, K, N))
             comp = lambda: comp_f(x, qw, s, h)
             _check("torch-compile", comp(), want)
             fns["torch-compile"] = comp

@@ -10,6 +10,14 @@
 # RUN: %python %s --kernel gemv --nbit 4 --scale 1 --bm 4 --bk 8 > %t.g4m4 && FileCheck %s --check-prefix=GEMV < %t.g4m4 && FileCheck %s --check-prefix=NOCVT < %t.g4m4
 # RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 > %t.mm16 && FileCheck %s --check-prefix=MM16 < %t.mm16 && FileCheck %s --check-prefix=NOCVT < %t.mm16
 # RUN: %python %s --kernel mm --bm 64 --bk 64 --bn 128 --split 1 --stages 3 > %t.mm64 && FileCheck %s --check-prefix=MM64 < %t.mm64 && FileCheck %s --check-prefix=NOCVT < %t.mm64
+# Per-group scale/shift (one group row per step: --scale 2; one per container row: --scale 3)
+# and per-channel inside the asm (--scale 1) must compile too (the interpreter
+# does not check loop-carried types):
+# RUN: %python %s --kernel gemv --nbit 4 --scale 2 | FileCheck %s --check-prefix=GROUP
+# RUN: %python %s --kernel gemv --nbit 4 --scale 3 | FileCheck %s --check-prefix=GROUP
+# RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --scale 2 | FileCheck %s --check-prefix=GROUP
+# RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --scale 3 | FileCheck %s --check-prefix=GROUP
+# GROUP: // triton_dequant nbit=4 width=32 dst=fp16
 
 # NOCVT-NOT: cvt.{{[a-z]+}}.{{f16|bf16|f32}}{{(x2)?}}.{{s|u}}{{8|16|32|64}}
 

@@ -422,16 +422,20 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                 w = tl.load(w_ptrs, mask=(kw < KR)[:, None, None] & (n < N)[None, None, :], other=0,
                             eviction_policy="evict_first")
+            # per-group scale/shift: fresh names in the loop (a loop-carried value must keep its type)
             if SCALE == 2:
                 g = (r0 * PER) // group_size
-                s_t = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
-                h_t = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
+                s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
+                h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
             elif SCALE == 3:
                 g = (kw * PER) // group_size
                 gmask = (kw < KR)[:, None, None] & (n < N)[None, None, :]
-                s_t = tl.load(s_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
-                h_t = tl.load(h_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
-            q = _unpack(w, s_t, h_t, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BKR, PER, BN]
+                s_l = tl.load(s_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
+                h_l = tl.load(h_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
+            else:
+                s_l = s_t
+                h_l = h_t
+            q = _unpack(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BKR, PER, BN]
             qs = _split_codes(tl.permute(q, [0, 2, 1]), PER)
             kmask = kw < KR
             if BM == 1 and EVEN_K:
@@ -468,14 +472,17 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
                             eviction_policy="evict_first")
             if SCALE == 2:
                 g = r0 // group_size
-                s_t = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-                h_t = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+                s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+                h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
             elif SCALE == 3:
                 g = k // group_size
                 gmask = (k < K)[:, None] & (n < N)[None, :]
-                s_t = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-                h_t = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-            q = _unpack(w, s_t, h_t, NBIT, PER, DST, SIGNED, AFFINE, NAIVE).to(tl.float32)  # [BKR, BN]
+                s_l = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
+                h_l = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
+            else:
+                s_l = s_t
+                h_l = h_t
+            q = _unpack(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE, NAIVE).to(tl.float32)  # [BKR, BN]
             kmask = k < K
             xv = tl.load(x_ptr + m0 * stride_xm + k, mask=kmask & (m0 < M), other=0.0)
             acc0 += q * xv.to(tl.float32)[:, None]
@@ -560,16 +567,19 @@ def _mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                 w = tl.load(w_ptrs, mask=(kw < KW)[:, None, None] & (n < N)[None, None, :], other=0,
                             eviction_policy="evict_first")
-            if SCALE == 2:
+            if SCALE == 2:  # fresh names: a loop-carried value must keep its type
                 g = k0 // group_size
-                s_t = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
-                h_t = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
+                s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
+                h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, None, :]
             elif SCALE == 3:
                 g = (kw * PER) // group_size
                 gmask = (kw < KW)[:, None, None] & (n < N)[None, None, :]
-                s_t = tl.load(s_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
-                h_t = tl.load(h_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
-            q = _unpack(w, s_t, h_t, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BKW, PER, BN]
+                s_l = tl.load(s_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
+                h_l = tl.load(h_ptr + g[:, None, None] * N + n[None, None, :], mask=gmask, other=0.0)
+            else:
+                s_l = s_t
+                h_l = h_t
+            q = _unpack(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BKW, PER, BN]
             q = tl.reshape(q, [BK, BN])
         else:
             w_ptrs = w_ptr + k0.to(tl.int64) * NW + (tl.arange(0, BK) * NW)[:, None] + nw[None, :]
@@ -580,14 +590,17 @@ def _mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
                             eviction_policy="evict_first")
             if SCALE == 2:
                 g = k0 // group_size
-                s_t = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-                h_t = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+                s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+                h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
             elif SCALE == 3:
                 g = k // group_size
                 gmask = (k < K)[:, None] & (n < N)[None, :]
-                s_t = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-                h_t = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-            q = _unpack(w, s_t, h_t, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BK, BN]
+                s_l = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
+                h_l = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
+            else:
+                s_l = s_t
+                h_l = h_t
+            q = _unpack(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BK, BN]
         if ASM or DST == tl.float16:
             acc = tl.dot(xv, q, acc)
         else:  # the interpreter's bf16 tl.dot reads bf16 bits as integers
