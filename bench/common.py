@@ -13,11 +13,32 @@ from __future__ import annotations
 import torch
 
 
+def cuda_graph(fn):
+    """``fn`` captured in a CUDA graph; returns its replay. Timing the replay
+    measures device time only: no Python, no launch overhead (how decode loops
+    run in inference engines)."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # warm-up on the capture stream (allocator, lazy init)
+        with torch.cuda.graph(g):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    return g.replay
+
+
 def make_time_us(warmup_ms: int = 25, rep_ms: int = 100):
     from triton.testing import do_bench
 
-    def time_us(fn) -> float:
-        return 1e3 * do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    def time_us(fn, graph: bool = False) -> float:
+        """Median us of ``fn`` (L2 flushed before every repetition). ``graph=True``
+        times a CUDA-graph replay of ``fn`` instead (device time, no host cost)."""
+        return 1e3 * do_bench(cuda_graph(fn) if graph else fn, warmup=warmup_ms, rep=rep_ms,
+                              return_mode="median")
     return time_us
 
 
@@ -28,11 +49,11 @@ def copy_us(time_us, nbytes: int, device: str = "cuda") -> float:
     return time_us(lambda: dst.copy_(src))
 
 
-def time_all(time_us, fns: dict, rounds: int = 2) -> dict:
+def time_all(time_us, fns: dict, rounds: int = 2, graph: bool = False) -> dict:
     """Time every callable ``rounds`` times, interleaved (a, b, c, a, b, c) so that
     clock or thermal drift hits all alike; returns impl -> (best median, [medians])."""
     runs = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            runs[k].append(time_us(fn))
+            runs[k].append(time_us(fn, graph=graph) if graph else time_us(fn))
     return {k: (min(v), v) for k, v in runs.items()}

@@ -156,7 +156,7 @@ def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log):
             log(f"    skip {cfg.short()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         _check(f"ours {cfg.short()}", y, want)
-        us = time_us(fn)
+        us = time_us(fn, graph=True)  # device time: decode loops replay graphs
         log(f"    {us:8.1f} us  {cfg.short()}")
         res.append((us, cfg))
     if not res:
@@ -200,7 +200,7 @@ def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_SIZ
         dst = torch.empty_like(src)
         fns["copy"] = lambda: dst.copy_(src)
         configs = "; ".join(f"{us:.1f} {c.short()}" for us, c in ranked)
-        for impl, (us, runs) in time_all(time_us, fns).items():
+        for impl, (us, runs) in time_all(time_us, fns, graph=True).items():
             extra = {}
             if impl == "ours":
                 extra = dict(note=best.short(), configs=configs, sweep_best_us=best_us, default_us=default_us,

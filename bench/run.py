@@ -53,7 +53,7 @@ def main() -> int:
               flush=True)
 
     if a.dry_run:
-        def time_us(fn):
+        def time_us(fn, graph=False):
             t = time.perf_counter()
             fn()
             return 1e6 * (time.perf_counter() - t)

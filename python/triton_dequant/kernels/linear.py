@@ -12,7 +12,7 @@ H100 sweep in ``bench/linear.py`` feeds), launches once and reshapes:
     A CTA owns ``BN`` output columns, ``BM`` (1, 2, 4) rows of ``x`` and one of
     ``SPLIT`` slices of K. Per step it loads a ``[BKR, 1, BN]`` tile of
     containers (four int32 per lane along N: 16-byte loads, ``evict_first``),
-    ``tl.dequantize``\ s it along axis 1 to ``[BKR, PER, BN]``, splits the PER
+    ``tl.dequantize`` unpacks it along axis 1 to ``[BKR, PER, BN]``, splits the PER
     codes back out (the split tree undoes the dequant's join tree: no data
     movement) and forms ``sum_j q_j * x_j`` per container (``MODE``):
     F16X2 (fp16): one asm per container, ``fma.rn.f16x2`` on the register pairs
@@ -69,6 +69,8 @@ import triton
 import triton.language as tl
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
+
+from ._launch import launch
 
 _BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
 _DOT16_PER = (2, 4, 8, 16)
@@ -850,6 +852,10 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: t
         ws = _zeroed("acc", plan.ws_numel, torch.float32, dev) if plan.reduce == 2 else _workspace(plan.ws_numel, dev)
     else:
         cnt = ws = y  # unused
-    plan.kernel[plan.grid](x2, qweight, scale, shift, y, ws, cnt, M, N, K, x2.stride(0), y.stride(0), group_size,
-                           plan.iters, plan.n_tiles, **dict(plan.kwargs))
+    args = (x2, qweight, scale, shift, y, ws, cnt, M, N, K, x2.stride(0), y.stride(0), group_size, plan.iters,
+            plan.n_tiles)
+    if x.is_cuda:
+        launch(plan.kernel, plan.grid, args, dict(plan.kwargs), plan)
+    else:  # the interpreter
+        plan.kernel[plan.grid](*args, **dict(plan.kwargs))
     return y.reshape(*lead, N)
