@@ -110,7 +110,10 @@ def _candidates(M, K, N, nbit, level=1):
         if level >= 1:
             out += [v(bk=2 * d.bk, num_warps=8),           # same rows per thread, 2x the tile
                     v(num_stages=2),                         # cp.async pipelining
-                    v(reduce=2)]                             # fp32 atomics instead of partials
+                    v(reduce=2),                             # fp32 atomics instead of partials
+                    v(prefetch=True),                        # register double buffer
+                    v(prefetch=True, split=max(1, s // 2)),
+                    v(prefetch=True, bk=max(1, d.bk // 2), split=2 * s)]
             if d.bk > 4:
                 out.append(v(bk=d.bk // 2, split=2 * s))
             if nbit < 8:

@@ -17,6 +17,7 @@
 # RUN: %python %s --kernel gemv --nbit 4 --scale 3 | FileCheck %s --check-prefix=GROUP
 # RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --scale 2 | FileCheck %s --check-prefix=GROUP
 # RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --scale 3 | FileCheck %s --check-prefix=GROUP
+# RUN: %python %s --kernel gemv --nbit 4 --prefetch | FileCheck %s --check-prefix=GROUP
 # GROUP: // triton_dequant nbit=4 width=32 dst=fp16
 
 # NOCVT-NOT: cvt.{{[a-z]+}}.{{f16|bf16|f32}}{{(x2)?}}.{{s|u}}{{8|16|32|64}}
@@ -83,7 +84,7 @@ def build(a):
     if a.kernel == "gemv":
         fn = kl._gemv_kernel
         xshift = kl._xshift(a.nbit, per, False) if a.scale == 0 else 0
-        c.update(BKR=a.bk, MODE=kl.F16X2, XSHIFT=xshift)
+        c.update(BKR=a.bk, MODE=kl.F16X2, XSHIFT=xshift, PREFETCH=a.prefetch)
         weights = a.bk * a.bn * per // (32 * a.num_warps)
     else:
         fn = kl._mm_kernel
@@ -152,6 +153,7 @@ if __name__ == "__main__":
     p.add_argument("--scale", type=int, default=0)
     p.add_argument("--stages", type=int, default=1)
     p.add_argument("--num-warps", type=int, default=4)
+    p.add_argument("--prefetch", action="store_true")
     a = p.parse_args()
     k, weights = build(a)
     print(k.asm["ptx"])

@@ -224,3 +224,20 @@ def test_op_torch_compile():
     fn = torch.compile(ops.linear, fullgraph=True)
     got = fn(x, qw, s, h, 4, group_size=128)
     assert torch.equal(got, ops.linear(x, qw, s, h, 4, group_size=128))
+
+
+@pytest.mark.parametrize("nbit,K", [(4, 512), (2, 1024), (8, 320)])
+def test_gemv_prefetch(nbit, K):
+    """The register double-buffered GEMV (last prefetch masked off)."""
+    gen = torch.Generator().manual_seed(nbit)
+    N = 96
+    per = 32 // nbit
+    qw = torch.randint(-2 ** 31, 2 ** 31 - 1, (K // per, N), dtype=torch.int32, generator=gen)
+    s = (torch.rand(N, generator=gen) * 0.02 + 0.005).half()
+    h = (-s.float() * 3).half()
+    x = torch.randn(1, K, generator=gen).half()
+    cfg = kl.Config("gemv", bm=1, bk=4, bn=32, split=2, prefetch=True)
+    y = kl.linear(x.to(DEVICE), qw.to(DEVICE), s.to(DEVICE), h.to(DEVICE), nbit, K, 0, False, config=cfg).cpu()
+    want = ref.linear(x, qw, s, h, nbit).double()
+    err = ((y.double() - want).norm() / want.norm()).item()
+    assert err <= 1e-2, err

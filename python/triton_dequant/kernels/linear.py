@@ -379,7 +379,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
                  BM: tl.constexpr, BKR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
                  SCALE: tl.constexpr, MODE: tl.constexpr, XSHIFT: tl.constexpr, REDUCE: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, NAIVE: tl.constexpr, STAGES: tl.constexpr,
-                 ITERS: tl.constexpr):
+                 ITERS: tl.constexpr, PREFETCH: tl.constexpr = False):
     """``y[m-tile, n-tile]`` over K slice ``pid_k`` (1-D grid, slices fastest).
 
     PACKED 0: tiles of ``BKR`` container rows (``BKR * PER`` values of K) x ``BN``
@@ -415,14 +415,27 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             h_t = 0.0
         xi_ptr = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
         sxw = stride_xm // 2
+        w_rows = (tl.arange(0, BKR) * N)[:, None, None] + n[None, None, :]
+        if PREFETCH:  # register double buffer: the next tile's loads are in flight during this tile's math
+            kwp = t0 * BKR + tl.arange(0, BKR)
+            w_nxt = tl.load(w_ptr + (t0 * BKR).to(tl.int64) * N + w_rows,
+                            mask=(kwp < KR)[:, None, None] & (n < N)[None, None, :], other=0,
+                            eviction_policy="evict_first")
         for it in tl.range(0, ITERS if ITERS > 0 else iters, num_stages=STAGES):
             r0 = (t0 + it) * BKR
             kw = r0 + tl.arange(0, BKR)
-            w_ptrs = w_ptr + r0.to(tl.int64) * N + (tl.arange(0, BKR) * N)[:, None, None] + n[None, None, :]
-            if EVEN_K and EVEN_N:  # streamed once: do not let it push x and the partials out of L2
-                w = tl.load(w_ptrs, eviction_policy="evict_first")
+            if PREFETCH:
+                w = w_nxt
+                kwn = kw + BKR
+                w_nxt = tl.load(w_ptr + (r0 + BKR).to(tl.int64) * N + w_rows,
+                                mask=((kwn < KR) & (it + 1 < (ITERS if ITERS > 0 else iters)))[:, None, None]
+                                & (n < N)[None, None, :],
+                                other=0, eviction_policy="evict_first")
+            elif EVEN_K and EVEN_N:  # streamed once: do not let it push x and the partials out of L2
+                w = tl.load(w_ptr + r0.to(tl.int64) * N + w_rows, eviction_policy="evict_first")
             else:
-                w = tl.load(w_ptrs, mask=(kw < KR)[:, None, None] & (n < N)[None, None, :], other=0,
+                w = tl.load(w_ptr + r0.to(tl.int64) * N + w_rows,
+                            mask=(kw < KR)[:, None, None] & (n < N)[None, None, :], other=0,
                             eviction_policy="evict_first")
             # per-group scale/shift: fresh names in the loop (a loop-carried value must keep its type)
             if SCALE == 2:
@@ -634,10 +647,12 @@ class Config:
     post: bool = True
     dot16: bool = True
     reduce: int = 1
+    prefetch: bool = False
 
     def short(self) -> str:
         return (f"{self.kernel} bm={self.bm} bk={self.bk} bn={self.bn} split={self.split} w={self.num_warps} "
-                f"st={self.num_stages} post={int(self.post)} dot16={int(self.dot16)} red={self.reduce}")
+                f"st={self.num_stages} post={int(self.post)} dot16={int(self.dot16)} red={self.reduce}"
+                + (" pf=1" if self.prefetch else ""))
 
 
 _SM_COUNT: dict = {}
@@ -800,7 +815,8 @@ def _plan(cfg: Config, M: int, K: int, N: int, nbit: int, width: int, packed_dim
               STAGES=cfg.num_stages, ITERS=iters if interp else 0, num_warps=cfg.num_warps)
     if cfg.kernel == "gemv":
         kw.update(BKR=cfg.bk, MODE=(F16X2_PORTABLE if interp else F16X2) if cfg.dot16 else F32,
-                  XSHIFT=_xshift(nbit, per, signed) if cfg.dot16 and scale_mode == 0 else 0)
+                  XSHIFT=_xshift(nbit, per, signed) if cfg.dot16 and scale_mode == 0 else 0,
+                  PREFETCH=bool(cfg.prefetch) and packed_dim == 0)
         kernel = _gemv_kernel
     else:
         kw.update(BK=cfg.bk, ASM=not interp)
