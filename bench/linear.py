@@ -128,7 +128,7 @@ def _candidates(M, K, N, nbit, level=1):
     else:
         if level >= 1:
             out += [v(num_stages=3), v(num_stages=1), v(bk=64, num_stages=3), v(bn=64, split=2 * s),
-                    v(post=False),
+                    v(post=False), v(split=4 * s), v(bn=64, split=4 * s), v(bk=64, split=4 * s),
                     C("gemv", bm=4, bk=8, bn=128, split=8)]  # 4 x the decode kernel, weights via L2
         if level >= 2:
             out += [v(num_warps=8), v(bk=256, bn=64), v(bk=64, bn=64, split=2 * s, num_stages=3), v(reduce=2),
