@@ -49,11 +49,11 @@ def naive_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.const
     h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
     t = tl.program_id(1)
     cols = t * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(base + cols, mask=cols < n_elems).to(tl.uint32)
+    x = tl.load(base + 1 + cols, mask=cols * PER < dim).to(tl.uint32)
     q = (x[:, None] >> (tl.arange(0, PER) * NBIT)[None, :]) & ((1 << NBIT) - 1)
     y = tl.reshape(q.to(tl.float16) * s + h, [BLOCK * PER])
-    out = (t * BLOCK - 1) * PER + tl.arange(0, BLOCK * PER)
-    tl.store(y_ptr + row * dim + out, y, mask=(out >= 0) & (out < dim))
+    out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
+    tl.store(y_ptr + row * dim + out, y, mask=out < dim)
 
 
 def _torch_dequant(x, s, h, nbit):
@@ -150,10 +150,9 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         y = ours()
         _check("rows ours (head)", y[:64].cpu(), ref.dequantize_rows(rows[:64].cpu(), nbit, dim=D))
         y_naive = torch.empty_like(y)
-        used = 1 + data_words
-        b = min(block, triton.next_power_of_2(used))
-        naive = lambda: naive_rows[(R, triton.cdiv(used, b))](rows, y_naive, E, D, BLOCK=b, PER=per, NBIT=nbit,
-                                                               num_warps=WARPS)
+        b = min(block, triton.next_power_of_2(data_words))
+        naive = lambda: naive_rows[(R, triton.cdiv(data_words, b))](rows, y_naive, E, D, BLOCK=b, PER=per,
+                                                                     NBIT=nbit, num_warps=WARPS)
         naive()
         _check("rows naive-triton", y_naive, y, exact=False)
         eager = lambda: _torch_rows(rows, nbit, D)

@@ -113,10 +113,13 @@ def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None
 @triton.jit
 def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.constexpr,
                   NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr):
-    """Row ``pid(0)`` of a row-fused table, elements ``[pid(1)*BLOCK, +BLOCK)``.
+    """Row ``pid(0)`` of a row-fused table, data elements ``[pid(1)*BLOCK, +BLOCK)``.
 
-    The tile starts at the row start, header included, so loads stay aligned to
-    the row; the header's own outputs fall at negative indices and are masked."""
+    Tiles cover the data, not the header: outputs stay 16-byte aligned and a row
+    of ``dim`` codes takes exactly ``ceil(dim / (BLOCK*PER))`` programs (counting
+    the header into the first tile would add a nearly empty program per row:
+    a quarter slower on the H100). The data start 4 bytes into the row, which
+    costs nothing at the default tile (one 4-byte container per thread)."""
     HEADER: tl.constexpr = 32 // WIDTH  # container elements in the 4-byte header
     row = tl.program_id(0).to(tl.int64)
     base = rows_ptr + row * n_elems
@@ -133,10 +136,10 @@ def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.co
         h = (tl.load(b + 2).to(tl.uint16) | (tl.load(b + 3).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
     t = tl.program_id(1)
     cols = t * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(base + cols, mask=cols < n_elems)
+    x = tl.load(base + HEADER + cols, mask=cols * PER < dim)
     y = tl.dequantize(x, s, h, NBIT, DST, signed=SIGNED)
-    out = (t * BLOCK - HEADER) * PER + tl.arange(0, BLOCK * PER)
-    tl.store(y_ptr + row * dim + out, y, mask=(out >= 0) & (out < dim))
+    out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
+    tl.store(y_ptr + row * dim + out, y, mask=out < dim)
 
 
 def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
@@ -148,7 +151,7 @@ def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, nu
     y = torch.empty((R, dim), dtype=dtype, device=rows.device)
     if y.numel() == 0:
         return y
-    used = 32 // width + triton.cdiv(dim, per)  # header + data elements actually needed
+    used = triton.cdiv(dim, per)  # data elements actually needed
     b = min(block, triton.next_power_of_2(used))
     _dequant_rows[(R, triton.cdiv(used, b))](rows, y, E, dim, BLOCK=b, PER=per, NBIT=nbit, WIDTH=width,
                                              DST=_TL[dtype], SIGNED=signed, num_warps=num_warps)
