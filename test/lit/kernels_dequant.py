@@ -5,7 +5,7 @@
 #
 # RUN: %python %s last 4 > %t.l && FileCheck %s --check-prefix=LAST < %t.l && FileCheck %s --check-prefix=NOSMEM < %t.l
 # RUN: %python %s rows 4 > %t.r4 && FileCheck %s --check-prefix=ROWS < %t.r4 && FileCheck %s --check-prefix=NOSMEM < %t.r4
-# RUN: %python %s rows 2 > %t.r2 && FileCheck %s --check-prefix=ROWS2 < %t.r2 && FileCheck %s --check-prefix=NOSMEM < %t.r2
+# RUN: %python %s rows 2 | FileCheck %s --check-prefix=ROWS2
 
 # NOSMEM-NOT: st.shared
 # LAST: convert_layout=0 local_alloc=0
@@ -14,11 +14,13 @@
 # ROWS: convert_layout=0 local_alloc=0
 # ROWS: // triton_dequant nbit=4 width=32 dst=fp16
 # ROWS: st.global.v4.b32
-# int2 in int32: 16 outputs per container, two 16-byte stores per thread; the
-# one conversion left only renumbers registers (no shared memory)
+# int2 in int32: one container already makes 16 outputs (32 bytes), more than
+# Coalesce lets a thread store, so stock Triton converts through shared memory
+# (the opt-in layout step removes it; measured no faster, see README)
 # ROWS2: convert_layout=1 local_alloc=0
 # ROWS2: // triton_dequant nbit=2 width=32 dst=fp16
-# ROWS2-COUNT-2: st.global.v4.b32
+# ROWS2: st.shared
+# ROWS2: st.global.v4.b32
 
 import sys
 
