@@ -18,9 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from report import cases  # noqa: E402
 
-ORDER = ["ours", "naive-triton", "torch-compile", "torch-eager", "cublas-fp16", "copy"]
-COLORS = {"ours": "#d62728", "naive-triton": "#1f77b4", "torch-compile": "#ff7f0e",
-          "torch-eager": "#7f7f7f", "cublas-fp16": "#2ca02c", "copy": "#000000"}
+ORDER = ["ours", "rewrite", "stock", "owned", "split", "naive-triton", "torch-compile", "torch-eager",
+         "cublas-fp16", "copy"]
+COLORS = {"ours": "#d62728", "rewrite": "#d62728", "stock": "#1f77b4", "owned": "#9467bd", "split": "#8c564b",
+          "naive-triton": "#1f77b4", "torch-compile": "#ff7f0e", "torch-eager": "#7f7f7f",
+          "cublas-fp16": "#2ca02c", "copy": "#000000"}
 
 
 def main(src: str, dst: str) -> None:
@@ -28,7 +30,9 @@ def main(src: str, dst: str) -> None:
     by_bench: dict = {}
     for (bench, nbit, shape), impls in cases(data["records"]).items():
         by_bench.setdefault(bench, []).append((nbit, shape, impls))
-    fig, axes = plt.subplots(len(by_bench), 1, figsize=(12, 3.2 * len(by_bench)), squeeze=False)
+    widest = max(len(rows) for rows in by_bench.values())
+    fig, axes = plt.subplots(len(by_bench), 1, figsize=(max(12, 0.75 * widest), 3.6 * len(by_bench)),
+                             squeeze=False)
     for ax, (bench, rows) in zip(axes[:, 0], by_bench.items()):
         matmul = bench in ("gemv", "linear")
         impls = [i for i in ORDER if any(i in r[2] for r in rows) and not (matmul and i == "copy")]
@@ -44,14 +48,17 @@ def main(src: str, dst: str) -> None:
                     vals.append(100.0 * d["copy"]["us"] / d[impl]["us"] if "copy" in d else 0.0)
             ax.bar([i + k * width for i in range(len(rows))], vals, width, label=impl, color=COLORS.get(impl))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-        ax.set_xticklabels([f"int{n}\n{s.replace(',', ' ')}" for n, s, _ in rows], fontsize=7)
+        crowded = len(rows) > 8
+        ax.set_xticklabels([f"int{n} {s.replace(',', ' ')[:34]}" if crowded else f"int{n}\n{s.replace(',', ' ')}"
+                            for n, s, _ in rows], fontsize=6 if crowded else 7,
+                           rotation=35 if crowded else 0, ha="right" if crowded else "center")
         ax.set_ylabel("x cuBLAS fp16" if matmul else "% of copy bandwidth")
         if not matmul:
             ax.axhline(100, color="black", lw=0.5)
         else:
             ax.axhline(1, color="black", lw=0.5)
         ax.set_title(bench, fontsize=10)
-        ax.legend(fontsize=7, ncol=len(impls), loc="upper left", bbox_to_anchor=(0, -0.28), frameon=False)
+        ax.legend(fontsize=7, ncol=len(impls), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
     fig.suptitle(f"{data['device']} | torch {data['torch']} | triton {data['triton']} | {data['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
