@@ -65,9 +65,7 @@ def naive_bag(rows_ptr, idx_ptr, off_ptr, out_ptr, n_off, n_idx, stride, limit, 
         idx = tl.load(idx_ptr + pos, mask=m, other=0).to(tl.int64)
         base = rows_ptr + idx * stride
         x = tl.load(base[:, None] + 1 + cols[None, :], mask=m[:, None] & cmask[None, :], other=0).to(tl.uint32)
-        head = tl.load(base, mask=m, other=0)
-        s = (head & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+        s, h = keb._row_header(base, m, 32)  # the kernel's own header read (int32 rows)
         q = (x[:, :, None] >> shifts[None, None, :]) & ((1 << NBIT) - 1)
         y = q.to(tl.float16) * s[:, None, None] + h[:, None, None]
         acc += tl.reduce(tl.reshape(y, [BLOCK_L, BLOCK_W * PER]).to(tl.float32), 0, tl.standard._sum_combine)

@@ -12,20 +12,7 @@ from triton.testing import do_bench
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from triton_dequant.kernels import linear as kl  # noqa: E402
 from linear import _problem  # noqa: E402
-
-
-def graph_of(fn):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        with torch.cuda.graph(g):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    return g.replay
+from common import cuda_graph as graph_of  # noqa: E402
 
 
 def main():

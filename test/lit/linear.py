@@ -18,6 +18,8 @@
 # RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --scale 2 | FileCheck %s --check-prefix=GROUP
 # RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --scale 3 | FileCheck %s --check-prefix=GROUP
 # RUN: %python %s --kernel gemv --nbit 4 --prefetch | FileCheck %s --check-prefix=GROUP
+# RUN: %python %s --kernel gemv --nbit 4 --packed 1 --scale 3 --bk 16 | FileCheck %s --check-prefix=GROUP
+# RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --packed 1 --scale 2 | FileCheck %s --check-prefix=GROUP
 # GROUP: // triton_dequant nbit=4 width=32 dst=fp16
 
 # NOCVT-NOT: cvt.{{[a-z]+}}.{{f16|bf16|f32}}{{(x2)?}}.{{s|u}}{{8|16|32|64}}
@@ -78,7 +80,7 @@ def build(a):
     sig = {"x_ptr": "*fp16", "w_ptr": "*i32", "s_ptr": "*fp16", "h_ptr": "*fp16", "y_ptr": "*fp16",
            "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
            "stride_ym": "i32", "group_size": "i32", "iters": "i32", "n_tiles": "i32"}
-    c = dict(NBIT=a.nbit, PER=per, PACKED=0, SIGNED=False, BM=a.bm, BN=a.bn, SPLIT=a.split,
+    c = dict(NBIT=a.nbit, PER=per, PACKED=a.packed, SIGNED=False, BM=a.bm, BN=a.bn, SPLIT=a.split,
              SPLIT_P2=triton.next_power_of_2(a.split), SCALE=a.scale, REDUCE=1, EVEN_K=True, EVEN_N=True,
              NAIVE=False, STAGES=a.stages, ITERS=0)
     if a.kernel == "gemv":
@@ -154,6 +156,7 @@ if __name__ == "__main__":
     p.add_argument("--stages", type=int, default=1)
     p.add_argument("--num-warps", type=int, default=4)
     p.add_argument("--prefetch", action="store_true")
+    p.add_argument("--packed", type=int, default=0, help="0: codes packed along K, 1: along N")
     a = p.parse_args()
     k, weights = build(a)
     print(k.asm["ptx"])

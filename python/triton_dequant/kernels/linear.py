@@ -373,6 +373,26 @@ def _xsum(x_ptr, m, stride_xm, M, k_lo, k_hi, n_it, BM: tl.constexpr, XB: tl.con
 # --- decode GEMV -------------------------------------------------------------------------
 
 @triton.jit
+def _scales_rows_of_k(s_ptr, h_ptr, s_t, h_t, k0, k, K, n, N, group_size, SCALE: tl.constexpr):
+    """Scale/shift for a [rows of K, BN] tile (codes packed along N): SCALE 2 one
+    group row for the tile (starting at ``k0``), 3 one per row ``k``, else the
+    per-channel ``s_t``/``h_t`` loaded before the loop."""
+    if SCALE == 2:
+        g = k0 // group_size
+        s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+        h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+    elif SCALE == 3:
+        g = k // group_size
+        gmask = (k < K)[:, None] & (n < N)[None, :]
+        s_l = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
+        h_l = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
+    else:
+        s_l = s_t
+        h_l = h_t
+    return s_l, h_l
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
                  M, N, K, stride_xm, stride_ym, group_size, iters, n_tiles,
                  NBIT: tl.constexpr, PER: tl.constexpr, PACKED: tl.constexpr, SIGNED: tl.constexpr,
@@ -485,18 +505,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                 w = tl.load(w_ptrs, mask=(k < K)[:, None] & (nw < NW)[None, :], other=0,
                             eviction_policy="evict_first")
-            if SCALE == 2:
-                g = r0 // group_size
-                s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-                h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-            elif SCALE == 3:
-                g = k // group_size
-                gmask = (k < K)[:, None] & (n < N)[None, :]
-                s_l = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-                h_l = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-            else:
-                s_l = s_t
-                h_l = h_t
+            s_l, h_l = _scales_rows_of_k(s_ptr, h_ptr, s_t, h_t, r0, k, K, n, N, group_size, SCALE)
             q = _unpack(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE, NAIVE).to(tl.float32)  # [BKR, BN]
             kmask = k < K
             xv = tl.load(x_ptr + m0 * stride_xm + k, mask=kmask & (m0 < M), other=0.0)
@@ -603,18 +612,7 @@ def _mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                 w = tl.load(w_ptrs, mask=(k < K)[:, None] & (nw < NW)[None, :], other=0,
                             eviction_policy="evict_first")
-            if SCALE == 2:
-                g = k0 // group_size
-                s_l = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-                h_l = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-            elif SCALE == 3:
-                g = k // group_size
-                gmask = (k < K)[:, None] & (n < N)[None, :]
-                s_l = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-                h_l = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
-            else:
-                s_l = s_t
-                h_l = h_t
+            s_l, h_l = _scales_rows_of_k(s_ptr, h_ptr, s_t, h_t, k0, k, K, n, N, group_size, SCALE)
             q = _unpack(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE, NAIVE)  # [BK, BN]
         if ASM or DST == tl.float16:
             acc = tl.dot(xv, q, acc)
