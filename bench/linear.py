@@ -30,6 +30,8 @@ from dataclasses import replace
 import torch
 
 from triton_dequant.kernels import linear as kl
+
+from naive import unpack as naive_unpack
 from triton_dequant import reference as ref
 
 from common import time_all
@@ -185,7 +187,7 @@ def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_SIZ
         default_us = next((us for us, c in ranked if c == default), None)
 
         ours = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=best)
-        naive = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=best, naive=True)
+        naive = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=best, unpack=naive_unpack)
         _check("naive-triton", naive(), want)
         w16 = torch.randn(K, N, device=device, generator=gen).half()
         cublas = lambda: x @ w16

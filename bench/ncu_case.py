@@ -1,7 +1,7 @@
 """One launch of a case, for Nsight Compute (what limits a kernel):
 
     ncu --section SpeedOfLight --section WarpStateStats --section Occupancy \\
-        -k regex:_gemv_kernel -c 1 python3 bench/ncu_case.py linear 1 8192 4
+        -k regex:gemv_kernel -c 1 python3 bench/ncu_case.py linear 1 8192 4
 """
 import sys
 

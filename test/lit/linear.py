@@ -82,14 +82,14 @@ def build(a):
            "stride_ym": "i32", "group_size": "i32", "iters": "i32", "n_tiles": "i32"}
     c = dict(NBIT=a.nbit, PER=per, PACKED=a.packed, SIGNED=False, BM=a.bm, BN=a.bn, SPLIT=a.split,
              SPLIT_P2=triton.next_power_of_2(a.split), SCALE=a.scale, REDUCE=1, EVEN_K=True, EVEN_N=True,
-             NAIVE=False, STAGES=a.stages, ITERS=0)
+             UNPACK=kl._common.unpack, STAGES=a.stages, ITERS=0)
     if a.kernel == "gemv":
-        fn = kl._gemv_kernel
-        xshift = kl._xshift(a.nbit, per, False) if a.scale == 0 else 0
-        c.update(BKR=a.bk, MODE=kl.F16X2, XSHIFT=xshift, PREFETCH=a.prefetch)
+        fn = kl.gemv_kernel
+        xshift = kl.xshift(a.nbit, per, False) if a.scale == 0 else 0
+        c.update(BKR=a.bk, MODE=kl.DOT_F16X2.value, XSHIFT=xshift, PREFETCH=a.prefetch)
         weights = a.bk * a.bn * per // (32 * a.num_warps)
     else:
-        fn = kl._mm_kernel
+        fn = kl.mm_kernel
         c.update(BK=a.bk, ASM=True)
         weights = a.bk * a.bn // (32 * a.num_warps)
     # pointers, N, K and the x/y row strides 16-divisible, as for 8192 x 8192 torch tensors

@@ -2,6 +2,9 @@
 :mod:`triton_dequant.kernels.linear` (interpreter on CPU, compiled on a GPU) with
 explicit configs, the default launch table, the public op (CPU reference path,
 argument errors, torch.compile)."""
+import os
+import sys
+
 import pytest
 import torch
 
@@ -9,6 +12,9 @@ from triton_dequant import ops, reference as ref
 from triton_dequant.kernels import linear as kl
 
 from conftest import DEVICE, HAS_GPU
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+import naive  # noqa: E402  (the bench's shift/mask baseline: checked here on the CPU)
 
 C = kl.Config
 CONTAINER = {(32, False): torch.int32, (32, True): torch.int32, (16, False): torch.int16, (16, True): torch.int16,
@@ -45,11 +51,11 @@ def _check(y, x, qw, s, h, nbit, group_size, packed_dim, signed, tol=1e-2):
     return err
 
 
-def _run(M, K, N, nbit, width, packed_dim, groups, signed, dtype, cfg, naive=False, x_scale=1.0, seed=0):
+def _run(M, K, N, nbit, width, packed_dim, groups, signed, dtype, cfg, unpack=None, x_scale=1.0, seed=0):
     x, qw, s, h = _problem(M, K, N, nbit, width, packed_dim, groups, signed, dtype, seed=seed, x_scale=x_scale)
     gs = K // groups
     y = kl.linear(x.to(DEVICE), qw.to(DEVICE), s.to(DEVICE), h.to(DEVICE), nbit, gs, packed_dim, signed,
-                  config=cfg, naive=naive)
+                  config=cfg, unpack=unpack)
     return _check(y, x, qw, s, h, nbit, gs, packed_dim, signed)
 
 
@@ -118,8 +124,8 @@ def test_default_config(M, nbit, width, packed_dim, groups):
 def test_naive_baseline_same_tiling():
     """The bench's naive-Triton baseline (shift/mask + int->float) is correct too."""
     cfg = C("gemv", bk=8, bn=32, split=2)
-    _run(1, 256, 96, 4, 32, 0, 1, True, torch.float16, cfg, naive=True)
-    _run(16, 256, 96, 4, 32, 0, 2, False, torch.float16, C("mm", bm=16, bk=64, bn=32, split=2), naive=True)
+    _run(1, 256, 96, 4, 32, 0, 1, True, torch.float16, cfg, unpack=naive.unpack)
+    _run(16, 256, 96, 4, 32, 0, 2, False, torch.float16, C("mm", bm=16, bk=64, bn=32, split=2), unpack=naive.unpack)
 
 
 @pytest.mark.parametrize("nbit,width", [(4, 32), (2, 32)])
@@ -174,7 +180,7 @@ def test_config_table():
     c = kl.default_config(16, 8192, 8192, 4, 32, 0, torch.float16)
     assert c.kernel == "mm" and c.bm == 16 and c.split > 1
     assert kl.default_config(4, 8192, 8192, 4, 32, 0, torch.bfloat16).dot16 is False
-    assert kl._xshift(4, 8, False) == 6 and kl._xshift(2, 16, False) == 5
+    assert kl._config.xshift(4, 8, False) == 6 and kl._config.xshift(2, 16, False) == 5
 
 
 # --- the public op ------------------------------------------------------------------------

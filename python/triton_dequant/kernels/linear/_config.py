@@ -1,0 +1,135 @@
+"""Launch rules of the weight-only matmul in one place: the :class:`Config` a call
+runs with (:func:`default_config`, a small table fed by the sweep in
+``bench/linear.py``), what the kernels accept (:func:`check_config`) and the
+scale mode a config implies (:func:`scale_mode`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+
+from ._common import SCALE_CHANNEL, SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
+
+DOT16_PER = (2, 4, 8, 16)  # codes per container the GEMV takes when packed along K
+
+
+def xshift(nbit: int, per: int, signed: bool) -> int:
+    """k such that PER/2 fp16 products of a code and ``x * 2**-k`` cannot overflow
+    fp16 for any fp16 ``x``: ``2**k >= PER/2 * max|code|``."""
+    top = (1 << (nbit - 1)) if signed else (1 << nbit) - 1
+    return max(1, (per // 2 * top - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch parameters. ``kernel``: "gemv" or "mm". ``bk``: GEMV: container rows
+    per tile (``bk * PER`` values of K when packed along K, ``bk`` rows of K
+    otherwise); mm: values of K per tile. ``split``: K slices (1 = no split-K).
+    ``post``: per-channel scale/shift after the reduction (SCALE 0) instead of in
+    the dequant asm. ``dot16``: GEMV fp16x2 container dot products (fp16 only).
+    ``reduce``: 1 partials + last-CTA sum (deterministic), 2 fp32 atomics."""
+    kernel: str = "gemv"
+    bm: int = 1
+    bk: int = 32
+    bn: int = 128
+    split: int = 1
+    num_warps: int = 4
+    num_stages: int = 1
+    post: bool = True
+    dot16: bool = True
+    reduce: int = 1
+    prefetch: bool = False
+
+    def short(self) -> str:
+        return (f"{self.kernel} bm={self.bm} bk={self.bk} bn={self.bn} split={self.split} w={self.num_warps} "
+                f"st={self.num_stages} post={int(self.post)} dot16={int(self.dot16)} red={self.reduce}"
+                + (" pf=1" if self.prefetch else ""))
+
+
+def _pow2_floor(v: int) -> int:
+    return 1 << (max(1, v).bit_length() - 1)
+
+
+def gemv_supported(M: int, per: int, packed_dim: int) -> bool:
+    return M <= 4 and (packed_dim == 1 or per in DOT16_PER)
+
+
+def default_config(M: int, K: int, N: int, nbit: int, width: int, packed_dim: int, dtype: torch.dtype,
+                   sms: int = 132) -> Config:
+    """The launch table (H100; bench/linear.py sweeps the alternatives and prints
+    the winners so that this table can be updated).
+
+    GEMV (M <= 4): 4 warps; 16-byte container loads (4 int32 per lane: 128
+    columns); 4 container rows per thread and step (bk = 16; 8 for 16 codes per
+    container or 4 rows of x: the per-row x tile [bk, PER/2] must have fewer
+    elements than the CTA has threads, else Triton routes it through shared
+    memory every step). K split so that the grid has ~4 CTAs per SM: all resident
+    at once (<= 80 registers), several loads in flight per SM, one launch.
+    mm (M > 4): BM 16..128 x 128 x 128 tiles, split-K while the grid is below
+    two CTAs per SM."""
+    per = width // nbit
+    if gemv_supported(M, per, packed_dim):
+        bm = triton.next_power_of_2(M)
+        if packed_dim == 0:
+            bn = min(32 * (128 // width), max(16, triton.next_power_of_2(N)))
+            bk = 8 if per >= 16 or bm >= 4 else 16
+            rows = K // per
+        else:
+            bn = max(per, min(32 * per, triton.next_power_of_2(N)))
+            bk = 16
+            rows = K
+        k_tiles = triton.cdiv(rows, bk)
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        # int2 at K >= 8192 ran 8% faster with twice the split (H100 sweep)
+        ctas = 8 * sms if (per >= 16 and K >= 8192) else 4 * sms
+        split = max(1, min(_pow2_floor(ctas // tiles), max(1, k_tiles // 2), 32))
+        dot16 = dtype == torch.float16 and packed_dim == 0
+        # fp16 products of raw 8-bit codes would need x * 2**-9: scale inside the asm instead
+        post = not (dot16 and xshift(nbit, per, True) > 6)
+        # 8-bit weights (4 codes per load, ALU-light): the register double buffer
+        # hides load latency (8192^2: 34.8 us vs 43.7 us, bench/results/h100.json)
+        return Config("gemv", bm=bm, bk=bk, bn=bn, split=split, num_warps=4, num_stages=1, post=post,
+                      dot16=dot16, reduce=1, prefetch=(per <= 4 and packed_dim == 0))
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
+    bn = min(128, max(16, per if packed_dim == 1 else 16, triton.next_power_of_2(N)))
+    bk = min(128, max(16, per if packed_dim == 0 else 16, triton.next_power_of_2(K)))
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    k_tiles = triton.cdiv(K, bk)
+    split = max(1, min(_pow2_floor(2 * sms // tiles), k_tiles, 16)) if tiles < 2 * sms else 1
+    return Config("mm", bm=bm, bk=bk, bn=bn, split=split, num_warps=8 if bm >= 128 else 4,
+                  num_stages=3 if M > 16 else 2, post=True, dot16=False, reduce=1)
+
+
+def check_config(cfg: Config, per: int, packed_dim: int, dtype, nbit: int, signed: bool, groups: int) -> Config:
+    """Clamp a config to what the kernels support for this problem."""
+    if cfg.kernel not in ("gemv", "mm"):
+        raise ValueError(f"config.kernel must be 'gemv' or 'mm', got {cfg.kernel!r}")
+    if cfg.kernel == "gemv" and (cfg.bm > 4 or (packed_dim == 0 and per not in DOT16_PER)):
+        raise ValueError(f"the GEMV kernel takes bm <= 4 and, packed along K, 2, 4, 8 or 16 codes per "
+                         f"container (got bm={cfg.bm}, {per})")
+    if cfg.split < 1:
+        raise ValueError(f"config.split must be >= 1, got {cfg.split}")
+    for name in ("bm", "bk", "bn"):
+        v = getattr(cfg, name)
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"config.{name} must be a power of two, got {v}")
+    if packed_dim == 1 and cfg.bn % per:
+        raise ValueError(f"config.bn ({cfg.bn}) must be a multiple of the codes per container ({per})")
+    if cfg.kernel == "mm":
+        if cfg.bm < 16 or cfg.bn < 16 or cfg.bk < 16:
+            raise ValueError("mm config needs bm, bn, bk >= 16")
+        if packed_dim == 0 and cfg.bk % per:
+            raise ValueError(f"config.bk ({cfg.bk}) must be a multiple of the codes per container ({per})")
+    dot16 = cfg.dot16 and cfg.kernel == "gemv" and dtype == torch.float16 and packed_dim == 0 and per in DOT16_PER
+    post = cfg.post and groups == 1
+    if dot16 and post and xshift(nbit, per, signed) > 6:  # 8-bit codes: x * 2**-9 would lose too much
+        post = False
+    return replace(cfg, dot16=dot16, post=post)
+
+
+def scale_mode(post: bool, groups: int, group_size: int, k_span: int) -> int:
+    """The ``SCALE`` mode (see :mod:`._common`) for a config whose K tile spans ``k_span`` values."""
+    if groups == 1:
+        return (SCALE_POST if post else SCALE_CHANNEL).value
+    return (SCALE_GROUP if group_size % k_span == 0 else SCALE_GROUP_ROWS).value
