@@ -246,7 +246,8 @@ def _linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shif
     if x.device.type == "cuda":
         from .kernels import linear as lin
         return lin.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed)
-    return ref.linear(x, qweight, scale, shift, nbit, group_size=group_size, packed_dim=packed_dim, signed=signed)
+    from . import _cpu
+    return _cpu.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed)
 
 
 @_linear_op.register_fake
@@ -260,15 +261,26 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: t
            group_size: Optional[int] = None, packed_dim: int = 0, signed: bool = False) -> torch.Tensor:
     """Weight-only low-bit matmul ``x @ W``, ``W[k, n] = scale[g, n] * q[k, n] + shift[g, n]``.
 
-    ``x``: ``[..., K]`` fp16/bf16. ``qweight``: codes of the logical ``[K, N]`` weight
-    packed along K (``packed_dim=0``: ``[K / PER, N]``) or along N (``packed_dim=1``:
-    ``[K, N / PER]``). ``scale``/``shift``: ``[N]`` per output channel, or
-    ``[K / group_size, N]`` per group of ``group_size`` rows of K. W is rounded once
-    to ``x.dtype``; products are accumulated in fp32. Returns ``[..., N]`` of ``x.dtype``."""
+    ``x``: ``[..., K]``, fp16/bf16 (CUDA and CPU) or fp32 (CPU only). ``qweight``: codes
+    of the logical ``[K, N]`` weight packed along K (``packed_dim=0``: ``[K / PER, N]``)
+    or along N (``packed_dim=1``: ``[K, N / PER]``). ``scale``/``shift``: ``[N]`` per
+    output channel, or ``[K / group_size, N]`` per group of ``group_size`` rows of K.
+    Returns ``[..., N]`` of ``x.dtype``.
+
+    Rounding: scale/shift are rounded to ``x.dtype``, then W is the exact
+    ``scale * q + shift`` rounded once to ``x.dtype`` (fp32 for fp32 ``x``); the
+    products are accumulated in fp32 and the result rounded once to ``x.dtype``.
+    On CUDA the Triton kernels do that. On the CPU W is dequantized exactly
+    (:func:`triton_dequant.reference.linear_weight` bit for bit) in blocks of K rows,
+    each multiplied by torch's matmul (BLAS) into an fp32 accumulator; fp16/bf16 ``x``
+    are computed in fp32 (x and W widen exactly) and the result rounded once."""
     width = _check_container("qweight", qweight)
     _check_nbit(nbit, width)
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"`x` must be a fp16 or bf16 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not isinstance(x, torch.Tensor) or x.dtype not in _OUT_DTYPES:
+        raise TypeError(f"`x` must be a fp16, bf16 or (on the CPU) fp32 tensor, "
+                        f"got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dtype == torch.float32 and x.device.type != "cpu":
+        raise TypeError(f"`x` must be fp16 or bf16 on {x.device.type} (fp32 `x` is supported on the CPU only)")
     if qweight.dim() != 2:
         raise ValueError(f"`qweight` must be 2-D, got shape {list(qweight.shape)}")
     if packed_dim not in (0, 1):

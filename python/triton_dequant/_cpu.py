@@ -1,0 +1,160 @@
+"""CPU paths of the host ops (:mod:`triton_dequant.ops`): exact, and fast enough to
+develop with.
+
+The references in :mod:`triton_dequant.reference` evaluate every output in float64
+with a round-to-odd TwoSum (a dozen passes over float64 tensors): exact but
+seconds per call at model sizes. Here the same values come from plain torch
+arithmetic in a *working precision* (fp32, else float64) that is proven exact
+for the given scale/shift before it is used, then one rounding:
+
+* ``scale * q + shift`` with ``|q| < 2**nbit`` only ever has bits between the
+  lowest set bit of ``scale``/``shift`` and one above the highest bit of
+  ``scale * 2**nbit`` / ``shift`` (:func:`exact_in`). When that span fits the
+  working precision's significand (and cannot overflow), the product and the sum
+  are exact, whatever the evaluation order or fusion, so converting the result
+  to the output type is the only rounding: bit-identical to the reference.
+  The check runs on the scale/shift tensors (one value per group), not per output.
+* Where neither fp32 nor float64 is exact for some group (a shift many binades
+  below the scale's products), the whole call falls back to
+  :func:`triton_dequant.reference.fma`, correct and slow.
+* Non-finite scale/shift (inf, NaN) follow IEEE arithmetic, which is exact too.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference as ref
+
+# working precisions: (torch dtype, significand bits, exponent of the largest finite binade)
+_WORK = ((torch.float32, 24, 127), (torch.float64, 53, 1023))
+# weights per block of :func:`linear`: a block (fp32) stays in the cache between its
+# dequantization and its matmul
+_BLOCK_ELEMS = 1 << 17  # 512 KiB of fp32: this machine's L2 (bench/cpu.py)
+_WIDTH = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
+_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32}  # torch has no shifts for these
+
+
+def _bit_range(v: torch.Tensor):
+    """Exponents of the highest and lowest set bit of each finite nonzero value of
+    ``v`` (float64 tensor); zeros and non-finite values give (-big, +big)."""
+    big = 1 << 20
+    m, e = torch.frexp(v)  # v = m * 2**e, 0.5 <= |m| < 1
+    sig = torch.ldexp(m.abs(), torch.full_like(e, 53)).to(torch.int64)  # 53-bit integer significand
+    low = sig & -sig
+    _, le = torch.frexp(low.to(torch.float64))  # low = 2**(le - 1)
+    live = torch.isfinite(v) & (v != 0)
+    hi = torch.where(live, e - 1, -big)
+    lo = torch.where(live, e - 54 + le, big)
+    return hi, lo
+
+
+def exact_in(scale: torch.Tensor, shift: torch.Tensor, nbit: int, precision: int, emax: int) -> bool:
+    """True if ``scale * q + shift`` is exact in a binary format of ``precision``
+    significand bits and largest binade ``emax`` for every integer ``|q| < 2**nbit``
+    and every (broadcast) pair of values of ``scale``/``shift`` (float tensors whose
+    lowest bits lie above the format's subnormal range, as fp16/bf16/fp32 values do
+    for fp32 and float64)."""
+    hs, ls = _bit_range(scale.to(torch.float64))
+    hh, lh = _bit_range(shift.to(torch.float64))
+    hi = torch.maximum(hs + nbit, hh) + 1  # |q*s + h| < 2**(hi + 1): one carry
+    lo = torch.minimum(ls, lh)
+    zero = lo > hi  # both zero or non-finite: nothing to round
+    return bool(((hi - lo + 1 <= precision) & (hi <= emax) | zero).all())
+
+
+def _work_dtype(scale: torch.Tensor, shift: torch.Tensor, nbit: int):
+    for dtype, precision, emax in _WORK:
+        if exact_in(scale, shift, nbit, precision, emax):
+            return dtype
+    return None
+
+
+def _codes(x: torch.Tensor, nbit: int, axis: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Codes of container tensor ``x`` (2-D) unpacked along ``axis`` (0 or 1), as ``dtype``."""
+    width = _WIDTH[x.dtype]
+    per = width // nbit
+    x = x.view(_TWIN.get(x.dtype, x.dtype))
+    if x.dtype != torch.int32:
+        x = x.to(torch.int32)
+    shifts = torch.arange(0, width, nbit, dtype=torch.int32)
+    if axis == 0:  # [r, n] -> [r, PER, n]
+        q = x[:, None, :] >> shifts[None, :, None]
+    else:  # [k, c] -> [k, c, PER]
+        q = x[:, :, None] >> shifts
+    q &= (1 << nbit) - 1
+    if signed:  # two's complement: (c ^ bias) - bias
+        bias = 1 << (nbit - 1)
+        q ^= bias
+        q -= bias
+    shape = (x.shape[0] * per, x.shape[1]) if axis == 0 else (x.shape[0], x.shape[1] * per)
+    return q.reshape(shape).to(dtype)
+
+
+def _affine(q: torch.Tensor, s: torch.Tensor, h: torch.Tensor, work, dtype: torch.dtype) -> torch.Tensor:
+    """``s * q + h`` rounded once to ``dtype``; ``q`` holds codes in ``work`` (or
+    float64 when ``work`` is None: the exact fallback)."""
+    if work is None:
+        return ref.fma(q, s, h, ref.float_format(dtype)).to(dtype)
+    w = torch.addcmul(h.to(work), q, s.to(work))  # exact: see exact_in
+    return w if w.dtype == dtype else w.to(dtype)
+
+
+def linear_weight(qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int, *,
+                  dtype: torch.dtype, group_size: int, packed_dim: int, signed: bool,
+                  k0: int = 0, k1: int | None = None, n0: int = 0, n1: int | None = None,
+                  work="auto") -> torch.Tensor:
+    """Block ``[k0:k1, n0:n1]`` of the dequantized weight ``[K, N]``, bit for bit
+    :func:`triton_dequant.reference.linear_weight`: scale/shift rounded to ``dtype``,
+    then ``scale * q + shift`` rounded once to ``dtype``. Block bounds along the packed
+    dim must be multiples of ``PER``, ``k0``/``k1`` multiples of ``group_size`` (per-group
+    scale). ``work``: the working precision (default: the cheapest exact one)."""
+    per = _WIDTH[qweight.dtype] // nbit
+    pk, pn = (per, 1) if packed_dim == 0 else (1, per)
+    k1 = qweight.shape[0] * pk if k1 is None else k1
+    n1 = qweight.shape[1] * pn if n1 is None else n1
+    s = scale.to(dtype)  # one RNE: every cast among fp16, bf16, fp32 is correctly rounded
+    h = shift.to(dtype)
+    if work == "auto":
+        work = _work_dtype(s, h, nbit)
+    q = _codes(qweight[k0 // pk:k1 // pk, n0 // pn:n1 // pn], nbit, packed_dim, signed, work or torch.float64)
+    if s.dim() == 1 or s.shape[0] == 1:
+        s, h = s.reshape(1, -1)[:, n0:n1], h.reshape(1, -1)[:, n0:n1]
+        return _affine(q, s, h, work, dtype)
+    g0, g1 = k0 // group_size, k1 // group_size
+    w = _affine(q.view(g1 - g0, group_size, n1 - n0), s[g0:g1, None, n0:n1], h[g0:g1, None, n0:n1], work, dtype)
+    return w.view(k1 - k0, n1 - n0)
+
+
+def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int,
+           group_size: int, packed_dim: int, signed: bool) -> torch.Tensor:
+    """``x @ W`` on the CPU (arguments checked by :func:`triton_dequant.ops.linear`).
+
+    W is dequantized exactly (:func:`linear_weight`, rounded once to ``x.dtype``) in
+    blocks of about ``_BLOCK_ELEMS`` weights, each multiplied right away by torch's
+    matmul (``addmm`` into an fp32 accumulator) while it is still in cache. fp16/bf16
+    ``x`` are computed in fp32 (x and W widen exactly), the result rounded once to
+    ``x.dtype``."""
+    per = _WIDTH[qweight.dtype] // nbit
+    pk, pn = (per, 1) if packed_dim == 0 else (1, per)
+    K, N = qweight.shape[0] * pk, qweight.shape[1] * pn
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    if x2.dtype != torch.float32:
+        x2 = x2.float()
+    y = torch.zeros((x2.shape[0], N), dtype=torch.float32)
+    if y.numel() and K:
+        dtype = x.dtype
+        s, h = scale.to(dtype), shift.to(dtype)
+        work = _work_dtype(s, h, nbit)
+        gk = group_size if s.dim() == 2 and s.shape[0] > 1 else pk  # block steps along K and N
+        kb = max(gk, 128 // gk * gk) if gk < 128 else gk
+        nb = max(pn, _BLOCK_ELEMS // kb // pn * pn)
+        for k0 in range(0, K, kb):
+            k1 = min(K, k0 + kb)
+            for n0 in range(0, N, nb):
+                n1 = min(N, n0 + nb)
+                w = linear_weight(qweight, s, h, nbit, dtype=dtype, group_size=group_size, packed_dim=packed_dim,
+                                  signed=signed, k0=k0, k1=k1, n0=n0, n1=n1, work=work)
+                y[:, n0:n1].addmm_(x2[:, k0:k1], w if w.dtype == torch.float32 else w.float())
+    y = y if x.dtype == torch.float32 else y.to(x.dtype)
+    return y.reshape(*lead, N)
