@@ -3,7 +3,8 @@
 ``import triton_dequant`` registers ``tl.dequantize`` (see :mod:`.language`):
 inside a ``@triton.jit`` kernel, ``tl.dequantize(x, scale, shift, nbit)``.
 Host ops on torch tensors live in :mod:`.ops` (``triton_dequant.ops.dequantize``,
-``dequantize_rows``, ``embedding_bag``, ``linear``).
+``dequantize_rows``, ``embedding_bag``, ``linear``); models in :mod:`.model`
+(``QuantizedLinear``, ``quantize_model``).
 """
 from . import language, layout, ptx, reference
 from .language import dequantize, use_portable
@@ -14,8 +15,11 @@ layout.install()  # in Triton's pipeline; off unless enabled (layout.enable() / 
 from . import interop, ops, packing  # noqa: E402  (ops registers the torch.library ops)
 from .ops import dequantize_rows, embedding_bag, linear  # noqa: E402
 from .packing import bitpack, bitunpack, pack, pack_rows, quantize, unpack, unpack_rows  # noqa: E402
+from . import model  # noqa: E402
+from .model import QuantizedLinear, quantize_model  # noqa: E402
 
 __all__ = ["dequantize", "use_portable", "dequantize_rows", "embedding_bag", "linear",
            "pack", "unpack", "bitpack", "bitunpack", "quantize", "pack_rows", "unpack_rows",
+           "QuantizedLinear", "quantize_model", "model",
            "ops", "packing", "interop", "language", "layout", "ptx", "reference"]
 __version__ = "0.1.0"

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from .packing import _check_nbit, _check_tensor, _reinterpret, container_bits, pack, unpack, unpack_rows
 
 __all__ = ["from_fbgemm_rowwise", "to_fbgemm_rowwise", "from_fbgemm_tbe", "to_fbgemm_tbe",
-           "from_gptq", "to_gptq", "from_awq", "to_awq", "AWQ_ORDER"]
+           "from_gptq", "to_gptq", "gptq_act_order_perm", "from_awq", "to_awq", "AWQ_ORDER"]
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ word holds column ORDER[i] of its 8
 _AWQ_INVERSE = tuple(AWQ_ORDER.index(j) for j in range(8))  # (0, 4, 1, 5, 2, 6, 3, 7)
@@ -218,9 +218,40 @@ def _gptq_nbit(nbit) -> int:
     return nbit
 
 
+def gptq_act_order_perm(g_idx: torch.Tensor, groups: int) -> Optional[torch.Tensor]:
+    """The row order that makes an act-order GPTQ weight's groups contiguous.
+
+    ``g_idx``: ``[K]`` integer tensor, ``g_idx[k]`` = the group (row of
+    ``scales``/``qzeros``) of input row ``k``, each of the ``groups`` groups
+    holding exactly ``K / groups`` rows (act-order / ``desc_act`` checkpoints
+    store ``(i // group_size)`` permuted by the quantization order). Returns
+    ``None`` when ``g_idx`` is already ``k // (K / groups)``, else the int32
+    permutation ``perm`` (stable sort of ``g_idx``): row ``i`` of the reordered
+    weight is row ``perm[i]`` of the checkpoint's, so that ``x @ W ==
+    x[..., perm] @ W[perm]`` (what vLLM does for act-order, here done once at load).
+    Reads ``g_idx`` on the host (one device sync; load time only)."""
+    _check_tensor(g_idx, "g_idx")
+    if g_idx.dtype.is_floating_point or g_idx.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"`g_idx` must be an integer tensor, got {g_idx.dtype}")
+    if g_idx.dim() != 1 or groups < 1 or g_idx.shape[0] % groups:
+        raise ValueError(f"`g_idx` must be 1-D [K] with K a multiple of the {groups} groups, got shape "
+                         f"{list(g_idx.shape)}")
+    K = g_idx.shape[0]
+    g = g_idx.to(torch.int64)
+    if K and (int(g.min()) < 0 or int(g.max()) >= groups):
+        raise ValueError(f"`g_idx` values must be group indices in [0, {groups}), got values in "
+                         f"[{int(g.min())}, {int(g.max())}]")
+    size = K // groups
+    if not torch.equal(torch.bincount(g, minlength=groups), torch.full((groups,), size, device=g.device)):
+        raise ValueError(f"`g_idx` must put exactly K / groups = {size} rows in every group "
+                         "(per-group scales of equal groups)")
+    if torch.equal(g, torch.arange(K, device=g.device) // size):
+        return None
+    return torch.sort(g, stable=True).indices.to(torch.int32)
+
+
 def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, *, nbit: int = 4,
-              zeros_minus_one: bool = True, g_idx: Optional[torch.Tensor] = None
-              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              zeros_minus_one: bool = True, g_idx: Optional[torch.Tensor] = None, return_perm: bool = False):
     """GPTQ ``(qweight [K*nbit/32, N], qzeros [G, N*nbit/32], scales [G, N])`` ->
     ``(packed, scale, shift)`` with ``W[k, n] = scale[g, n] * q[k, n] + shift[g, n]``,
     ``g = k // (K / G)``.
@@ -230,8 +261,14 @@ def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
     ``shift = -scale * zero`` rounded once to ``scales.dtype``, so our
     ``scale*q + shift`` rounds once more than GPTQ's ``(q - zero) * scale``.
     ``zeros_minus_one``: the classic AutoGPTQ checkpoints store ``zero - 1``
-    (False for the "v2" format). ``g_idx`` (optional) must be the trivial
-    ``k // group_size``: act-order checkpoints need their rows permuted first.
+    (False for the "v2" format).
+
+    ``g_idx`` (optional, ``[K]``): the group of each input row. The trivial
+    ``k // (K / G)`` changes nothing. An act-order (``desc_act``) ``g_idx`` needs
+    ``return_perm=True``: the rows of ``packed`` are then reordered by ``perm =``
+    :func:`gptq_act_order_perm` so that groups are contiguous, and the result is
+    ``(packed, scale, shift, perm)`` with ``x @ W == linear(x[..., perm], packed,
+    scale, shift)`` (``perm`` is ``None`` for a trivial or absent ``g_idx``).
     """
     nbit = _gptq_nbit(nbit)
     _check_weight(qweight, "qweight")
@@ -247,14 +284,24 @@ def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
     if qweight.shape[1] != N or qzeros.shape[0] != G or qzeros.shape[1] * 32 != N * nbit or G == 0 or K % G:
         raise ValueError(f"inconsistent GPTQ shapes: `qweight` {list(qweight.shape)}, `qzeros` "
                          f"{list(qzeros.shape)}, `scales` {list(scales.shape)} for nbit={nbit}")
+    perm = None
     if g_idx is not None:
-        _check_tensor(g_idx, "g_idx")
-        trivial = torch.arange(K, device=g_idx.device) // (K // G)
-        if g_idx.shape != (K,) or not torch.equal(g_idx.to(trivial.dtype), trivial):
-            raise ValueError("`g_idx` must be k // group_size (act-order / desc_act checkpoints are not "
-                             "supported: permute the rows of the weight first)")
+        if g_idx.shape != (K,):
+            raise ValueError(f"`g_idx` must have shape [K] = [{K}] (from `qweight` {list(qweight.shape)}, "
+                             f"nbit={nbit}), got {list(g_idx.shape)}")
+        perm = gptq_act_order_perm(g_idx, G)
+        if perm is not None and not return_perm:
+            raise ValueError("`g_idx` is an act-order (desc_act) permutation, not k // group_size: pass "
+                             "return_perm=True and gather the activations x[..., perm] (or use "
+                             "QuantizedLinear.from_gptq, which does)")
     zero = unpack(qzeros, nbit, dim=-1, dense=dense, dtype=torch.int32) + int(zeros_minus_one)
-    return qweight, scales, _shift_from_zero(scales, zero)
+    packed = qweight
+    if perm is not None:
+        codes = unpack(qweight, nbit, dim=0, dense=dense)
+        packed = pack(codes[perm.to(qweight.device).long()], nbit, dim=0, container=torch.int32, dense=dense,
+                      check=False)
+    out = (packed, scales, _shift_from_zero(scales, zero))
+    return out + (perm,) if return_perm else out
 
 
 def to_gptq(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, nbit: int = 4,

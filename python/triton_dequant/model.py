@@ -1,0 +1,384 @@
+"""Models: :class:`QuantizedLinear` (a weight-only low-bit ``nn.Linear``) and
+:func:`quantize_model` (swap a model's ``nn.Linear`` layers in place).
+
+A :class:`QuantizedLinear` holds the codes of ``W^T`` (``[in_features,
+out_features]`` = ``[K, N]``) packed in int32 in the layout its kernels read,
+per-group (or per-channel) ``scale``/``shift`` ``[G, N]`` with ``W^T[k, n] =
+scale[k // group_size, n] * q[k, n] + shift[k // group_size, n]``, an optional
+``bias [N]`` and, for act-order GPTQ checkpoints, the input permutation ``perm
+[K]``. ``forward(x)`` is :func:`triton_dequant.ops.linear` (Triton kernels on
+CUDA, the exact reference on the CPU) plus the bias. Every tensor is a
+registered buffer, so ``state_dict()`` / ``load_state_dict()`` and safetensors
+round-trip bit for bit, and ``module.to(device)`` moves them.
+
+Layouts (chosen at construction, ``layout=``): ``"plain"`` is the only one today
+(``qweight [K / PER, N]`` int32, ``PER = 32 // nbit`` codes per word along K, code
+``j`` of word ``r`` = row ``r*PER + j`` at bits ``[j*nbit, (j+1)*nbit)``: GPTQ's
+order, :func:`triton_dequant.packing.pack` along dim 0). A layout is a pair of
+host transformations from / to the plain words plus the op that reads it
+(:class:`_Layout`); a prepacked tensor-core layout (``"mma_sm90"``,
+``"mma_sm80"``) is one more entry in :data:`LAYOUTS`.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from . import interop, ops, packing
+from . import reference as ref
+
+__all__ = ["QuantizedLinear", "quantize_model", "LAYOUTS"]
+
+_NBITS = (1, 2, 4, 8)  # what ops.linear reads from int32 words (padded packing)
+_WIDTH = 32            # container bits: int32 words, as GPTQ
+_SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class _Layout:
+    """How the packed weight is stored for the kernels.
+
+    ``from_plain`` / ``to_plain`` convert between the plain int32 words
+    ``[K / PER, N]`` and the stored tensor (exact inverses); ``shape`` is the
+    stored tensor's shape (for empty or meta modules); ``linear`` is ``x @ W``
+    on the stored tensor."""
+    name = ""
+    code = -1  # stored in the state dict (``qconfig``); never reuse a number
+
+    def shape(self, K: int, N: int, nbit: int) -> tuple:
+        raise NotImplementedError
+
+    def from_plain(self, qweight: torch.Tensor, nbit: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_plain(self, qweight: torch.Tensor, nbit: int, K: int, N: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def linear(self, x, qweight, scale, shift, nbit: int, group_size: int, signed: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _Plain(_Layout):
+    name, code = "plain", 0
+
+    def shape(self, K, N, nbit):
+        return (K // (_WIDTH // nbit), N)
+
+    def from_plain(self, qweight, nbit):
+        return qweight.contiguous()
+
+    def to_plain(self, qweight, nbit, K, N):
+        return qweight
+
+    def linear(self, x, qweight, scale, shift, nbit, group_size, signed):
+        return ops.linear(x, qweight, scale, shift, nbit, group_size, packed_dim=0, signed=signed)
+
+
+# name -> layout; "mma_sm90" / "mma_sm80" (issue 11's prepacked tensor-core layouts) go here
+LAYOUTS: Dict[str, _Layout] = {lay.name: lay for lay in (_Plain(),)}
+_BY_CODE = {lay.code: lay for lay in LAYOUTS.values()}
+
+
+def _check_int(v, name: str, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"`{name}` must be an int >= {lo}, got {v!r}")
+    return v
+
+
+def _check_nbit(nbit, name: str = "nbit") -> int:
+    if isinstance(nbit, bool) or not isinstance(nbit, int) or nbit not in _NBITS:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(str, _NBITS))} (codes read from int32 "
+                         f"words by triton_dequant.ops.linear), got {nbit!r}")
+    return nbit
+
+
+def _group_size(group_size, in_features: int, nbit: int) -> int:
+    """Effective group size (``None`` -> per channel: one group of ``in_features``);
+    raises ``ValueError`` if the layer cannot be packed with it."""
+    per = _WIDTH // nbit
+    if group_size is None or group_size == -1:  # -1: GPTQ/AWQ configs' "per channel"
+        if in_features % per:
+            raise ValueError(f"`in_features` ({in_features}) must be a multiple of {per} (codes per int32 "
+                             f"word at nbit={nbit}) for per-channel quantization")
+        return in_features
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"`group_size` must be a positive int, None or -1 (per channel), got {group_size!r}")
+    if group_size % per:
+        raise ValueError(f"`group_size` ({group_size}) must be a multiple of {per} (codes per int32 word at "
+                         f"nbit={nbit})")
+    if in_features % group_size:
+        raise ValueError(f"`group_size` ({group_size}) must divide `in_features` ({in_features})")
+    return group_size
+
+
+def _layout(layout) -> _Layout:
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    return LAYOUTS[layout]
+
+
+class QuantizedLinear(nn.Module):
+    """Weight-only ``nbit`` linear layer: ``y = x @ W^T + bias``, ``W`` the
+    dequantized ``[out_features, in_features]`` weight (:meth:`dequantized_weight`).
+
+    Build one with :meth:`from_linear`, :meth:`from_gptq` or :meth:`from_awq`, or
+    empty (zero buffers, also on the meta device) with the constructor and fill it
+    with ``load_state_dict``.
+
+    Buffers (all in the state dict):
+
+    * ``qweight``: int32 codes of ``W^T`` in ``layout`` (``"plain"``: ``[K / PER, N]``,
+      ``PER = 32 // nbit``, packed along K; see the module docstring);
+    * ``scale``, ``shift``: ``[G, N]`` of ``scale_dtype``, ``G = K / group_size``
+      (``G = 1``: per channel);
+    * ``bias``: ``[N]`` or absent;
+    * ``perm``: int32 ``[K]`` or absent; when present ``forward`` computes
+      ``x[..., perm] @ W^T[perm]`` (act-order GPTQ: groups made contiguous at load);
+    * ``qconfig``: int32 ``[nbit, group_size (0: per channel), signed, layout
+      code]``, checked by ``load_state_dict`` so that a state dict never loads into
+      a layer that would read it differently.
+
+    ``signed=True``: codes are ``nbit``-bit two's complement (symmetric
+    quantization, ``shift = 0``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nbit: int = 4,
+                 group_size: Optional[int] = 128, signed: bool = False, layout: str = "plain",
+                 scale_dtype: torch.dtype = torch.float16, act_order: bool = False, device=None):
+        super().__init__()
+        self.in_features = _check_int(in_features, "in_features", 1)
+        self.out_features = _check_int(out_features, "out_features", 1)
+        self.nbit = _check_nbit(nbit)
+        self.group_size = None if group_size in (None, -1) else group_size
+        self._group = _group_size(group_size, in_features, nbit)
+        if not isinstance(signed, bool):
+            raise TypeError(f"`signed` must be a bool, got {signed!r}")
+        if signed and nbit < 2:
+            raise ValueError("`signed` codes need nbit >= 2")
+        self.signed = signed
+        self._lay = _layout(layout)
+        self.layout = layout
+        if scale_dtype not in _SCALE_DTYPES:
+            raise TypeError(f"`scale_dtype` must be one of torch.float16, torch.bfloat16, torch.float32, "
+                            f"got {scale_dtype}")
+        K, N, G = in_features, out_features, in_features // self._group
+        self.register_buffer("qweight", torch.zeros(self._lay.shape(K, N, nbit), dtype=torch.int32, device=device))
+        self.register_buffer("scale", torch.ones(G, N, dtype=scale_dtype, device=device))
+        self.register_buffer("shift", torch.zeros(G, N, dtype=scale_dtype, device=device))
+        self.register_buffer("bias", torch.zeros(N, dtype=scale_dtype, device=device) if bias else None)
+        self.register_buffer("perm", torch.arange(K, dtype=torch.int32, device=device) if act_order else None)
+        self.register_buffer("qconfig", self._qconfig(device))
+
+    # --- construction ------------------------------------------------------------------------
+
+    def _qconfig(self, device=None) -> torch.Tensor:
+        return torch.tensor([self.nbit, self.group_size or 0, int(self.signed), self._lay.code],
+                            dtype=torch.int32, device=device)
+
+    def _set(self, plain: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],
+             perm: Optional[torch.Tensor]) -> "QuantizedLinear":
+        """The one place where buffers are produced from plain int32 words ``[K / PER, N]``."""
+        K, N = self.in_features, self.out_features
+        G = K // self._group
+        if plain.shape != (K // (_WIDTH // self.nbit), N) or plain.dtype != torch.int32:
+            raise ValueError(f"plain codes must be int32 {[K // (_WIDTH // self.nbit), N]}, got {plain.dtype} "
+                             f"{list(plain.shape)}")
+        for name, t in (("scale", scale), ("shift", shift)):
+            if t.shape != (G, N):
+                raise ValueError(f"`{name}` must be [{G}, {N}], got {list(t.shape)}")
+        dev = plain.device
+        self.qweight = self._lay.from_plain(plain, self.nbit)
+        self.scale = scale.to(dev).contiguous()
+        self.shift = shift.to(device=dev, dtype=scale.dtype).contiguous()
+        if bias is not None:
+            if bias.shape != (N,):
+                raise ValueError(f"`bias` must be [{N}], got {list(bias.shape)}")
+            self.bias = bias.detach().to(dev).contiguous()
+        else:
+            self.bias = None
+        self.perm = None if perm is None else perm.to(device=dev, dtype=torch.int32).contiguous()
+        self.qconfig = self._qconfig(dev)
+        return self
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, nbit: int = 4, group_size: Optional[int] = 128, signed: bool = False,
+                    *, layout: str = "plain", scale_dtype: Optional[torch.dtype] = None) -> "QuantizedLinear":
+        """Quantize an ``nn.Linear`` with :func:`triton_dequant.packing.quantize`
+        (affine min/max per group of ``group_size`` input features, symmetric when
+        ``signed``; ``None``: per output channel). ``scale_dtype`` defaults to the
+        weight's dtype if fp16/bf16, else fp16. The bias is kept as it is. A layer
+        on the meta device gives an empty module of the right shapes."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"`linear` must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        if scale_dtype is None:
+            scale_dtype = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else torch.float16
+        has_bias = linear.bias is not None
+        mod = cls(linear.in_features, linear.out_features, has_bias, nbit=nbit, group_size=group_size,
+                  signed=signed, layout=layout, scale_dtype=scale_dtype, device="meta")
+        if w.is_meta:
+            if has_bias:
+                mod.bias = torch.empty(linear.out_features, dtype=linear.bias.dtype, device="meta")
+            return mod
+        packed, scale, shift = packing.quantize(w.detach().t(), nbit, group_size=mod._group, dim=0, signed=signed,
+                                                scale_dtype=scale_dtype)
+        return mod._set(packed, scale, shift, linear.bias, None)
+
+    @classmethod
+    def from_gptq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                  g_idx: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, *, bits: int,
+                  group_size: Optional[int], zeros_minus_one: bool = True, layout: str = "plain"
+                  ) -> "QuantizedLinear":
+        """A GPTQ (AutoGPTQ ``QuantLinear``) layer: ``qweight [K*bits/32, N]``,
+        ``qzeros [G, N*bits/32]``, ``scales [G, N]``, optional ``g_idx [K]`` and
+        ``bias [N]``; ``bits`` 2, 4 or 8; ``group_size`` the checkpoint's (``-1`` or
+        ``None``: per channel). See :func:`triton_dequant.interop.from_gptq` for the
+        bit layout and ``zeros_minus_one``. An act-order ``g_idx`` is applied once
+        here (rows of K reordered so that groups are contiguous, ``perm`` kept) and
+        ``forward`` gathers ``x[..., perm]``: the result is ``x @ W`` for the
+        checkpoint's ``W[n, k] = scales[g_idx[k], n] * q[k, n] + shift[g_idx[k], n]``,
+        ``shift = -scale * zero`` rounded once to ``scales.dtype``."""
+        if bits not in (2, 4, 8) or isinstance(bits, bool):
+            raise ValueError(f"`bits` must be 2, 4 or 8 for QuantizedLinear.from_gptq, got {bits!r}"
+                             + (" (3-bit GPTQ packs codes across word boundaries, which no kernel here reads)"
+                                if bits == 3 else ""))
+        packed, scale, shift, perm = interop.from_gptq(qweight, qzeros, scales, nbit=bits,
+                                                       zeros_minus_one=zeros_minus_one, g_idx=g_idx,
+                                                       return_perm=True)
+        return cls._from_checkpoint(packed, scale, shift, bias, perm, bits, group_size, layout, "GPTQ")
+
+    @classmethod
+    def from_awq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None, *, bits: int, group_size: Optional[int],
+                 layout: str = "plain") -> "QuantizedLinear":
+        """An AWQ GEMM (AutoAWQ ``WQLinear_GEMM``) layer: ``qweight [K, N/8]``,
+        ``qzeros [G, N/8]``, ``scales [G, N]``, optional ``bias [N]``; ``bits`` must
+        be 4. See :func:`triton_dequant.interop.from_awq` (nibble order, ``shift``)."""
+        if bits != 4 or isinstance(bits, bool):
+            raise ValueError(f"`bits` must be 4 for AWQ (its nibble order is defined for 4 bits), got {bits!r}")
+        packed, scale, shift = interop.from_awq(qweight, qzeros, scales, nbit=4, packed_dim=0)
+        return cls._from_checkpoint(packed, scale, shift, bias, None, bits, group_size, layout, "AWQ")
+
+    @classmethod
+    def _from_checkpoint(cls, packed, scale, shift, bias, perm, bits, group_size, layout, fmt):
+        K, N = packed.shape[0] * (_WIDTH // bits), packed.shape[1]
+        G = scale.shape[0]
+        want = K // G
+        if group_size in (None, -1):
+            if G != 1:
+                raise ValueError(f"`group_size` {group_size} means per channel, but `scales` has {G} groups")
+        elif group_size != want:
+            raise ValueError(f"`group_size` ({group_size!r}) does not match the {fmt} tensors: K={K} in {G} "
+                             f"groups of {want}")
+        mod = cls(K, N, bias is not None, nbit=bits, group_size=group_size, signed=False, layout=layout,
+                  scale_dtype=scale.dtype, act_order=perm is not None, device="meta")
+        return mod._set(packed, scale, shift, bias, perm)
+
+    # --- use --------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_features]`` -> ``[..., out_features]`` of ``x.dtype``
+        (fp16/bf16 on a GPU; fp16/bf16/fp32 on the CPU, as ops.linear accepts).
+        No host sync, no data-dependent shapes."""
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        y = self._lay.linear(x, self.qweight, self.scale, self.shift, self.nbit, self._group, self.signed)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y
+
+    def dequantized_weight(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The ``[out_features, in_features]`` weight that ``forward`` multiplies by for
+        ``x`` of ``dtype`` (default ``scale.dtype``): ``scale`` and ``shift`` rounded to
+        ``dtype``, then ``scale * q + shift`` rounded once (exact reference), in the
+        input order of the layer (an act-order ``perm`` undone)."""
+        dtype = self.scale.dtype if dtype is None else dtype
+        K, N = self.in_features, self.out_features
+        plain = self._lay.to_plain(self.qweight, self.nbit, K, N)
+        w = ref.linear_weight(plain, self.scale, self.shift, self.nbit, dtype=dtype, group_size=self._group,
+                              packed_dim=0, signed=self.signed)  # [K, N], rows in stored order
+        if self.perm is not None:
+            w = torch.empty_like(w).index_copy_(0, self.perm.long(), w)
+        return w.t().contiguous()
+
+    def extra_repr(self) -> str:
+        gs = "per channel" if self.group_size is None else self.group_size
+        s = (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+             f"nbit={self.nbit}, group_size={gs}, signed={self.signed}, layout={self.layout}")
+        return s + (", act_order=True" if self.perm is not None else "")
+
+    # --- state dicts ----------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        cfg = state_dict.get(prefix + "qconfig")
+        if cfg is not None:
+            got = [int(v) for v in cfg.tolist()] if not cfg.is_meta else None
+            want = self._qconfig().tolist()
+            if got is not None and got != want:
+                names = ("nbit", "group_size", "signed", "layout")
+                raise ValueError(f"{prefix or 'QuantizedLinear'}: the state dict was quantized with "
+                                 f"{dict(zip(names, got))}, this layer reads {dict(zip(names, want))}")
+        if prefix + "qweight" in state_dict:
+            # act order is a property of the checkpoint: adopt (or drop) its permutation
+            p = state_dict.get(prefix + "perm")
+            if p is not None and self.perm is None:
+                self.perm = torch.empty(p.shape, dtype=torch.int32, device=self.qweight.device)
+            elif p is None and self.perm is not None:
+                self.perm = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+def _skippable(linear: nn.Linear, nbit: int, group_size) -> Optional[str]:
+    try:
+        _group_size(group_size, linear.in_features, nbit)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def quantize_model(model: nn.Module, nbit: int = 4, group_size: Optional[int] = 128, *, signed: bool = False,
+                   filter_fn: Optional[Callable[[str, nn.Module], bool]] = None, layout: str = "plain",
+                   scale_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Replace ``model``'s ``nn.Linear`` layers by :class:`QuantizedLinear` in place
+    (:meth:`QuantizedLinear.from_linear` with these arguments) and return the model.
+
+    ``filter_fn(name, module) -> bool`` chooses layers (default: every
+    ``nn.Linear`` except ``nn.MultiheadAttention``'s ``out_proj``, whose weight
+    that module reads directly). A layer whose ``in_features`` ``group_size`` does
+    not divide (or, per channel, is not a multiple of the codes per int32 word)
+    is left as it is, with one warning naming the layers skipped. On the meta
+    device (``with torch.device("meta"): model = ...``) the layers are empty, ready
+    for ``load_state_dict(quantized_state_dict, assign=True)``. If ``model`` itself
+    is an ``nn.Linear`` the new layer is returned."""
+    _check_nbit(nbit)
+    _layout(layout)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"`filter_fn` must be a callable (name, module) -> bool, got {type(filter_fn).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+    kw = dict(nbit=nbit, group_size=group_size, signed=signed, layout=layout, scale_dtype=scale_dtype)
+    chosen, skipped = [], []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or isinstance(mod, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            continue
+        if filter_fn is not None and not filter_fn(name, mod):
+            continue
+        why = _skippable(mod, nbit, group_size)
+        if why is None:
+            chosen.append(name)
+        else:
+            skipped.append(f"{name or '<model>'} ({why})")
+    if skipped:
+        warnings.warn(f"quantize_model: left {len(skipped)} nn.Linear layer(s) unquantized: " + "; ".join(skipped),
+                      stacklevel=2)
+    if "" in chosen:
+        return QuantizedLinear.from_linear(model, **kw)
+    for name in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, QuantizedLinear.from_linear(getattr(parent, child), **kw))
+    return model
