@@ -1,0 +1,107 @@
+"""A real client: transformers' LlamaForCausalLM (small random config, nothing
+downloaded) through quantize_model, against the same model whose nn.Linear weights
+are the quantized layers' dequantized_weight(): same logits and greedy tokens; the
+quantized state dict loads into a model prepared on the meta device (safetensors)."""
+import copy
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from triton_dequant import QuantizedLinear, quantize_model
+
+from conftest import DEVICE, HAS_GPU
+
+# fp32 activations on the CPU (CI); fp16 on a GPU, where the kernels' fp32 accumulation
+# order differs from cuBLAS' and every layer's fp16 output rounds differently
+DTYPE = torch.float16 if HAS_GPU else torch.float32
+TOL = 5e-3 if HAS_GPU else 1e-4
+GROUP = 128
+NEW_TOKENS = 8
+
+
+def _config():
+    # every Linear's in_features (128, 256) is a multiple of the group size
+    return LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return torch.randint(3, 512, (2, 6), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+
+
+def _quantized(base, nbit):
+    q = copy.deepcopy(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layer skipped
+        quantize_model(q, nbit, GROUP)
+    return q.to(device=DEVICE, dtype=DTYPE)
+
+
+def _dequantized_twin(base, q):
+    """``base`` with each quantized layer's nn.Linear weight set to what that layer multiplies by."""
+    twin = copy.deepcopy(base)
+    names = [n for n, m in q.named_modules() if isinstance(m, QuantizedLinear)]
+    for n in names:
+        twin.get_submodule(n).weight.data = q.get_submodule(n).dequantized_weight(DTYPE).cpu()
+    return twin.to(device=DEVICE, dtype=DTYPE), names
+
+
+def _generate(model, prompt):
+    return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
+                          do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("nbit", [4, 8, 2])
+@torch.no_grad()
+def test_llama_logits_and_greedy_tokens(base, prompt, nbit):
+    q = _quantized(base, nbit)
+    twin, names = _dequantized_twin(base, q)
+    assert len(names) == 7 * 2 + 1  # q, k, v, o, gate, up, down per layer, and lm_head
+    assert all(q.get_submodule(n).nbit == nbit for n in names)
+    got, want = q(prompt).logits, twin(prompt).logits
+    assert got.dtype == DTYPE and got.shape == (2, 6, 512)
+    err = ((got.double() - want.double()).norm() / want.double().norm()).item()
+    assert err <= TOL, err
+    tokens = _generate(q, prompt)
+    ref_tokens = _generate(twin, prompt)
+    assert tokens.shape == (2, 6 + NEW_TOKENS)
+    if not HAS_GPU:
+        assert torch.equal(tokens, ref_tokens)
+    else:  # teacher-forced: the same argmax wherever the reference is not a near tie
+        lq, lr = q(ref_tokens).logits[:, 5:-1].float(), twin(ref_tokens).logits[:, 5:-1].float()
+        top2 = lr.topk(2, -1).values
+        clear = (top2[..., 0] - top2[..., 1]) > 4 * TOL * lr.abs().amax(-1)
+        assert torch.equal(lq.argmax(-1)[clear], lr.argmax(-1)[clear]) and clear.float().mean() > 0.5
+
+
+@torch.no_grad()
+def test_llama_state_dict_safetensors_meta(base, prompt, tmp_path):
+    q = _quantized(base, 4)
+    sd = q.state_dict()
+    path = tmp_path / "model.safetensors"
+    save_file(sd, str(path))
+    with torch.device("meta"):
+        m2 = LlamaForCausalLM(_config())
+    quantize_model(m2, 4, GROUP)
+    m2.load_state_dict(load_file(str(path), device=str(DEVICE)), assign=True)
+    # the rotary frequencies are a non-persistent buffer (in no state dict): rebuilt as
+    # transformers' from_pretrained does
+    m2.model.rotary_emb = LlamaRotaryEmbedding(_config()).to(DEVICE)
+    m2.eval()
+    back = m2.state_dict()
+    assert back.keys() == sd.keys()
+    for k in sd:
+        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    assert torch.equal(m2(prompt).logits, q(prompt).logits)
