@@ -4,13 +4,14 @@
     PYTHONPATH=python python3 bench/run.py --dry-run                        # CPU smoke test
 
 Writes ``<out-dir>/h100.json`` (schema below; benches dequant, dequant_rows, gemv,
-linear, embedding_bag), ``h100_layout.json`` and ``h100_packing.json`` for the
+linear, embedding_bag, decode), ``h100_layout.json`` and ``h100_packing.json`` for the
 layout and packing studies, and prints one table last. ``bench/plot.py`` turns
 the JSON into the PNG and the README table.
 
 Schema: {"device", "torch", "triton", "date", "records": [{"bench", "nbit", "shape",
 "impl", "us", ...extra}]}, impl one of ours, naive-triton, torch-compile,
-torch-eager, cublas-fp16, copy (copy: a device copy moving the case's bytes).
+torch-eager, cublas-fp16, copy (copy: a device copy moving the case's bytes),
+fp16 (decode: the same model with fp16 nn.Linear layers).
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
-MAIN = ("dequant", "dequant_rows", "gemv", "linear", "embedding_bag")
-MODULES = ["dequant", "linear", "embedding_bag", "layout", "packing"]
+MAIN = ("dequant", "dequant_rows", "gemv", "linear", "embedding_bag", "decode")
+MODULES = ["dequant", "linear", "embedding_bag", "decode", "layout", "packing"]
 
 
 def main() -> int:

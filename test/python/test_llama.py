@@ -105,3 +105,65 @@ def test_llama_state_dict_safetensors_meta(base, prompt, tmp_path):
     for k in sd:
         assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
     assert torch.equal(m2(prompt).logits, q(prompt).logits)
+
+
+# --- the demo's and the decode bench's Llama-shaped decoder ---------------------------------------
+
+def _tiny_decoder():
+    from triton_dequant import _decoder
+    c = _decoder.Config(vocab=512, hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, rope_theta=10000.0)
+    return c, _decoder.Decoder(c).init_random(0).eval()
+
+
+@torch.no_grad()
+def test_decoder_is_llama(prompt):
+    """triton_dequant._decoder (static KV cache, one token per step) computes transformers' Llama."""
+    c, dec = _tiny_decoder()
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=c.vocab, hidden_size=c.hidden, intermediate_size=c.intermediate,
+                                      num_hidden_layers=c.layers, num_attention_heads=c.heads,
+                                      num_key_value_heads=c.kv_heads, rope_theta=c.rope_theta, rms_norm_eps=c.eps,
+                                      tie_word_embeddings=False)).eval()
+    sd = {"model.embed_tokens.weight": dec.embed.weight, "model.norm.weight": dec.norm.weight,
+          "lm_head.weight": dec.lm_head.weight}
+    for i, layer in enumerate(dec.layers):
+        p = f"model.layers.{i}."
+        sd.update({p + "input_layernorm.weight": layer.attn_norm.weight,
+                   p + "post_attention_layernorm.weight": layer.mlp_norm.weight})
+        sd.update({p + f"self_attn.{a}_proj.weight": getattr(layer, f"{a}_proj").weight for a in "qkvo"})
+        sd.update({p + f"mlp.{a}_proj.weight": getattr(layer, f"{a}_proj").weight for a in ("gate", "up", "down")})
+    hf.load_state_dict(sd)
+    prompt = prompt.cpu()
+    tokens = dec.generate(prompt, 6)
+    assert torch.equal(tokens, _generate(hf, prompt)[:, :tokens.shape[1]])
+    full = hf(tokens).logits
+    cache = dec.new_cache(prompt.shape[0], tokens.shape[1])
+    for i in range(tokens.shape[1]):
+        got = dec.step(tokens[:, i], cache)
+        assert ((got - full[:, i]).norm() / full[:, i].norm()).item() <= 1e-5, i
+    assert int(cache.pos) == tokens.shape[1]
+
+
+def test_demo_model_section():
+    from triton_dequant import demo
+    c, _ = _tiny_decoder()
+    assert demo.model_demo(c, nbit=4, group_size=128, prompt_len=3, new_tokens=3, timing=False)
+
+
+def test_decode_bench_smoke():
+    """bench/decode.py's dry run (its correctness check included), as bench/run.py --dry-run runs it."""
+    import os
+    import sys
+    import time
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import decode
+
+    def time_us(fn, graph=False):
+        t = time.perf_counter()
+        fn()
+        return 1e6 * (time.perf_counter() - t)
+    recs = []
+    c, _ = _tiny_decoder()
+    decode.run(time_us, lambda **r: recs.append(r), device=DEVICE, **{**decode.DRY_RUN, "config": c, "batches": (2,)})
+    assert {(r["impl"], r["shape"]) for r in recs} == {("fp16", "model=tiny,kv=16,batch=2"),
+                                                       ("ours", "model=tiny,kv=16,batch=2")}
+    assert all(r["bench"] == "decode" and r["us"] > 0 and r["rel_err"] <= 1e-2 for r in recs)

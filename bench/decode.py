@@ -1,0 +1,93 @@
+"""Decode time per token of a Llama-shaped model: fp16 ``nn.Linear`` against
+``QuantizedLinear`` int4 groups of 128.
+
+Model (``triton_dequant._decoder``, random weights, fp16): Llama-3-8B widths
+(hidden 4096, intermediate 14336, 32 heads, 8 KV heads, vocab 128256) with
+``layers`` decoder layers (4), embedding and lm_head included. One decode step
+per sequence at the last position of a ``cache_len``-position KV cache (512:
+attention reads all of it), batch 1 and 16.
+
+Implementations:
+* ours: ``quantize_model(model, 4, 128)``: every ``nn.Linear`` (the 7 per layer
+  and lm_head, as torchao's ``quantize_`` does by default);
+* fp16: the same model with every ``nn.Linear`` weight set to the quantized
+  layer's ``dequantized_weight()`` (the shapes and cost of the original fp16
+  model; the reference ours is checked against).
+
+Both steps start from the same random KV cache; ours' logits are checked against
+fp16's (relative error <= 1e-2, norm) before anything is timed. Timed as CUDA-graph
+replays of one step (``time_us(fn, graph=True)``: device time, no Python), L2
+flushed, interleaved twice (``common.time_all``).
+
+Records: bench ``"decode"``, nbit 4, shape ``"model=llama3-8b-4L,kv=512,batch=B"``,
+impl ``"fp16"`` / ``"ours"``, ``us`` per step (= per generated token of every
+sequence), extra ``tokens_per_s`` (batch / step time) and ``weight_bytes`` (the
+linear layers' weights as stored).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+
+from triton_dequant import QuantizedLinear, quantize_model
+from triton_dequant import _decoder
+
+from common import time_all
+
+NBIT, GROUP = 4, 128
+TOL = 1e-2
+
+
+def _models(config, device, dtype):
+    with torch.device(device):
+        fp = _decoder.Decoder(config).to(dtype).init_random(0).eval()
+    q = quantize_model(copy.deepcopy(fp), NBIT, GROUP)
+    for name, m in q.named_modules():  # fp becomes the dequantized twin, in place
+        if isinstance(m, QuantizedLinear):
+            fp.get_submodule(name).weight.data = m.dequantized_weight(dtype)
+    return fp, q
+
+
+def run(time_us, record, device="cuda", layers=4, batches=(1, 16), cache_len=512, config=None, name=None):
+    config = config or dataclasses.replace(_decoder.LLAMA3_8B, layers=layers)
+    name = name or f"llama3-8b-{config.layers}L"
+    dtype = torch.float16 if device == "cuda" else torch.float32  # fp32 activations: the CPU path
+    fp, q = _models(config, device, dtype)
+    sizes = {"fp16": sum(m.weight.numel() * 2 for m in fp.modules() if isinstance(m, torch.nn.Linear)),
+             "ours": _decoder.weight_bytes(q)}
+    gen = torch.Generator(device=device).manual_seed(1)
+    with torch.no_grad():
+        for batch in batches:
+            cache = fp.new_cache(batch, cache_len)
+            cache.k.normal_(generator=gen)
+            cache.v.normal_(generator=gen)
+            caches = {"fp16": cache, "ours": dataclasses.replace(cache, k=cache.k.clone(), v=cache.v.clone(),
+                                                                 pos=cache.pos.clone())}
+            models = {"fp16": fp, "ours": q}
+            tokens = torch.randint(0, config.vocab, (batch,), device=device, generator=gen)
+
+            def step(impl):
+                m, c = models[impl], caches[impl]
+
+                def fn():
+                    c.pos.fill_(cache_len - 1)  # every replay decodes the last position
+                    return m.step(tokens, c)
+                return fn
+
+            fns = {impl: step(impl) for impl in models}
+            want, got = fns["fp16"]().double(), fns["ours"]().double()
+            err = ((got - want).norm() / want.norm()).item()
+            if not err <= TOL:
+                raise AssertionError(f"decode batch={batch}: ours vs fp16 logits relative error {err:.2e} > {TOL}")
+            times = time_all(time_us, fns, graph=True)
+            shape = f"model={name},kv={cache_len},batch={batch}"
+            for impl, (us, runs) in times.items():
+                record(bench="decode", nbit=NBIT, shape=shape, impl=impl, us=us, runs=runs,
+                       tokens_per_s=batch * 1e6 / us, weight_bytes=sizes[impl], rel_err=err)
+            del caches, cache
+
+
+DRY_RUN = {"config": _decoder.Config(vocab=512, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2),
+           "name": "tiny", "batches": (1, 2), "cache_len": 16}
