@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 import time
@@ -61,8 +62,8 @@ def _quantize_rows(x: torch.Tensor, nbit: int):
 
 
 # the CPU model: Llama's structure at a size that decodes in milliseconds per token
-SMALL = _decoder.Config(vocab=2048, hidden=256, intermediate=768, layers=2, heads=4, kv_heads=2)
-GPU_MODEL = _decoder.LLAMA3_8B.__class__(**{**_decoder.LLAMA3_8B.__dict__, "layers": 4})
+SMALL = _decoder.Config(vocab=8192, hidden=512, intermediate=1536, layers=4, heads=8, kv_heads=4)
+GPU_MODEL = dataclasses.replace(_decoder.LLAMA3_8B, layers=4)
 
 
 def _mb(n: int) -> str:
@@ -85,16 +86,19 @@ def _tokens_per_s(model, batch: int, steps: int, cache_len: int = 512) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
-def model_demo(config: _decoder.Config = None, nbit: int = 4, group_size: int = 128, prompt_len: int = 6,
-               new_tokens: int = 10, timing: bool = HAS_GPU) -> bool:
-    """Section 3 of the demo; returns True if the quantized model's greedy tokens (CPU)
-    or logits (GPU) match the dequantized twin's."""
+def model_demo(config: _decoder.Config = None, nbit: int = 4, group_size: int = 128, prompt_len: int = 8,
+               new_tokens: int = 16, timing: bool = HAS_GPU) -> bool:
+    """Section 3 of the demo; returns True if the quantized model matches its dequantized
+    twin: the same greedy tokens and logits within 1e-4 on the CPU (fp32, where both
+    multiply by the same weights exactly); logits within 1e-2 on a GPU (fp16, where
+    the kernels' accumulation order differs from cuBLAS', so greedy tokens may part
+    at near ties)."""
     dev = "cuda" if HAS_GPU else "cpu"
     dtype = torch.float16 if HAS_GPU else torch.float32  # fp32 activations are the CPU path
     config = config or (GPU_MODEL if HAS_GPU else SMALL)
-    t0 = time.perf_counter()
     with torch.device(dev):
         fp = _decoder.Decoder(config).to(dtype).init_random(0).eval()
+    t0 = time.perf_counter()
     q = quantize_model(copy.deepcopy(fp), nbit, group_size)
     # the twin: the original model with every Linear weight replaced by what the quantized layer multiplies by
     twin = fp
@@ -116,7 +120,7 @@ def model_demo(config: _decoder.Config = None, nbit: int = 4, group_size: int = 
     out_q = q.generate(prompt, new_tokens, graph=HAS_GPU)
     t_q = time.perf_counter() - t0
     out_t = twin.generate(prompt, new_tokens, graph=HAS_GPU)
-    print(f"   greedy int{nbit} tokens after an {prompt_len}-token prompt ({t_q:.1f} s): "
+    print(f"   greedy int{nbit} tokens after a random {prompt_len}-token prompt ({t_q:.1f} s): "
           f"{out_q[0, prompt_len:].tolist()}")
     same = torch.equal(out_q, out_t)
     print(f"   the same as with the dequantized weights in nn.Linear: {same}")
@@ -124,7 +128,7 @@ def model_demo(config: _decoder.Config = None, nbit: int = 4, group_size: int = 
     logits = [m.step(prompt[:, 0], m.new_cache(1, 1)).double() for m in (q, twin)]
     err = ((logits[0] - logits[1]).norm() / logits[1].norm()).item()
     print(f"   logits vs the dequantized twin: relative error {err:.1e}")
-    ok = (same if not HAS_GPU else True) and err <= (1e-4 if dtype == torch.float32 else 1e-2)
+    ok = (same or HAS_GPU) and err <= (1e-4 if dtype == torch.float32 else 1e-2)
     if timing:
         for batch in (1, 16):
             tq, tf = _tokens_per_s(q, batch, 64), _tokens_per_s(twin, batch, 64)

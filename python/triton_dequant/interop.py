@@ -31,9 +31,12 @@ Formats and bit orders supported (read from the sources cited; our own code):
   dense int32 along dim 0). ``qzeros`` int32 ``[G, N*nbit/32]`` is packed the same
   way along N, and the classic checkpoints store ``zero - 1`` (AutoGPTQ's
   ``zeros -= 1`` in ``pack``, ``+ 1`` when unpacking; the "v2" format stores
-  ``zero``). ``scales`` ``[G, N]``; ``W = scale * (q - zero)``. Source: AutoGPTQ
-  ``auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py`` (``QuantLinear.pack`` and
-  ``forward``).
+  ``zero``). ``scales`` ``[G, N]``; ``W = scale * (q - zero)``. ``g_idx`` ``[K]``
+  int32: the group of each row of K, ``k // group_size`` unless the checkpoint was
+  quantized in act order (``desc_act``), where ``g_idx[order[i]] = i // group_size``
+  for the quantization order ``order`` (rows of one group scattered over K). Source:
+  AutoGPTQ ``auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py`` (``QuantLinear.pack``
+  and ``forward``; ``g_idx`` indexes ``scales``/``zeros`` per row of K).
 * **AWQ GEMM** (AutoAWQ ``WQLinear_GEMM``, 4 bits): ``qweight`` int32 ``[K, N/8]``
   packed along N with interleaved nibbles: nibble ``i`` (bits ``[4i, 4i+4)``) of
   word ``c`` holds column ``8c + ORDER[i]``, ``ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``;
