@@ -6,8 +6,8 @@ out_features]`` = ``[K, N]``) packed in int32 in the layout its kernels read,
 per-group (or per-channel) ``scale``/``shift`` ``[G, N]`` with ``W^T[k, n] =
 scale[k // group_size, n] * q[k, n] + shift[k // group_size, n]``, an optional
 ``bias [N]`` and, for act-order GPTQ checkpoints, the input permutation ``perm
-[K]``. ``forward(x)`` is :func:`triton_dequant.ops.linear` (Triton kernels on
-CUDA, the exact reference on the CPU) plus the bias. Every tensor is a
+[K]``. ``forward(x)`` is :func:`triton_dequant.ops.linear` (the Triton kernels on
+CUDA, its CPU path on the CPU) plus the bias. Every tensor is a
 registered buffer, so ``state_dict()`` / ``load_state_dict()`` and safetensors
 round-trip bit for bit, and ``module.to(device)`` moves them.
 
@@ -15,9 +15,11 @@ Layouts (chosen at construction, ``layout=``): ``"plain"`` is the only one today
 (``qweight [K / PER, N]`` int32, ``PER = 32 // nbit`` codes per word along K, code
 ``j`` of word ``r`` = row ``r*PER + j`` at bits ``[j*nbit, (j+1)*nbit)``: GPTQ's
 order, :func:`triton_dequant.packing.pack` along dim 0). A layout is a pair of
-host transformations from / to the plain words plus the op that reads it
-(:class:`_Layout`); a prepacked tensor-core layout (``"mma_sm90"``,
-``"mma_sm80"``) is one more entry in :data:`LAYOUTS`.
+host transformations from / to the plain form (words, scale, shift) plus the op
+that reads it (:class:`_Layout`); a prepacked tensor-core layout (``"mma_sm90"``,
+``"mma_sm80"``) is one more entry in :data:`LAYOUTS`, and
+:meth:`QuantizedLinear._set` is the one place where buffers are made from the
+plain form.
 """
 from __future__ import annotations
 
@@ -38,22 +40,23 @@ _SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class _Layout:
-    """How the packed weight is stored for the kernels.
+    """How a layer's weight is stored for its kernels.
 
-    ``from_plain`` / ``to_plain`` convert between the plain int32 words
-    ``[K / PER, N]`` and the stored tensor (exact inverses); ``shape`` is the
-    stored tensor's shape (for empty or meta modules); ``linear`` is ``x @ W``
-    on the stored tensor."""
+    ``from_plain`` / ``to_plain`` convert between the plain form (int32 words
+    ``[K / PER, N]`` packed along K, ``scale``/``shift`` ``[G, N]``) and the stored
+    buffers, exact inverses of each other; ``empty`` makes stored buffers of the
+    right shapes and dtypes (for empty or meta modules, filled by ``load_state_dict``);
+    ``linear`` is ``x @ W`` on the stored buffers."""
     name = ""
     code = -1  # stored in the state dict (``qconfig``); never reuse a number
 
-    def shape(self, K: int, N: int, nbit: int) -> tuple:
+    def empty(self, K: int, N: int, G: int, nbit: int, scale_dtype, device):
         raise NotImplementedError
 
-    def from_plain(self, qweight: torch.Tensor, nbit: int) -> torch.Tensor:
+    def from_plain(self, qweight, scale, shift, nbit: int):
         raise NotImplementedError
 
-    def to_plain(self, qweight: torch.Tensor, nbit: int, K: int, N: int) -> torch.Tensor:
+    def to_plain(self, qweight, scale, shift, nbit: int, K: int, N: int):
         raise NotImplementedError
 
     def linear(self, x, qweight, scale, shift, nbit: int, group_size: int, signed: bool) -> torch.Tensor:
@@ -63,14 +66,15 @@ class _Layout:
 class _Plain(_Layout):
     name, code = "plain", 0
 
-    def shape(self, K, N, nbit):
-        return (K // (_WIDTH // nbit), N)
+    def empty(self, K, N, G, nbit, scale_dtype, device):
+        return (torch.zeros(K // (_WIDTH // nbit), N, dtype=torch.int32, device=device),
+                torch.ones(G, N, dtype=scale_dtype, device=device), torch.zeros(G, N, dtype=scale_dtype, device=device))
 
-    def from_plain(self, qweight, nbit):
-        return qweight.contiguous()
+    def from_plain(self, qweight, scale, shift, nbit):
+        return qweight.contiguous(), scale.contiguous(), shift.contiguous()
 
-    def to_plain(self, qweight, nbit, K, N):
-        return qweight
+    def to_plain(self, qweight, scale, shift, nbit, K, N):
+        return qweight, scale, shift
 
     def linear(self, x, qweight, scale, shift, nbit, group_size, signed):
         return ops.linear(x, qweight, scale, shift, nbit, group_size, packed_dim=0, signed=signed)
@@ -164,9 +168,10 @@ class QuantizedLinear(nn.Module):
             raise TypeError(f"`scale_dtype` must be one of torch.float16, torch.bfloat16, torch.float32, "
                             f"got {scale_dtype}")
         K, N, G = in_features, out_features, in_features // self._group
-        self.register_buffer("qweight", torch.zeros(self._lay.shape(K, N, nbit), dtype=torch.int32, device=device))
-        self.register_buffer("scale", torch.ones(G, N, dtype=scale_dtype, device=device))
-        self.register_buffer("shift", torch.zeros(G, N, dtype=scale_dtype, device=device))
+        qweight, scale, shift = self._lay.empty(K, N, G, nbit, scale_dtype, device)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
         self.register_buffer("bias", torch.zeros(N, dtype=scale_dtype, device=device) if bias else None)
         self.register_buffer("perm", torch.arange(K, dtype=torch.int32, device=device) if act_order else None)
         self.register_buffer("qconfig", self._qconfig(device))
@@ -189,9 +194,8 @@ class QuantizedLinear(nn.Module):
             if t.shape != (G, N):
                 raise ValueError(f"`{name}` must be [{G}, {N}], got {list(t.shape)}")
         dev = plain.device
-        self.qweight = self._lay.from_plain(plain, self.nbit)
-        self.scale = scale.to(dev).contiguous()
-        self.shift = shift.to(device=dev, dtype=scale.dtype).contiguous()
+        self.qweight, self.scale, self.shift = self._lay.from_plain(plain, scale.to(dev),
+                                                                    shift.to(device=dev, dtype=scale.dtype), self.nbit)
         if bias is not None:
             if bias.shape != (N,):
                 raise ValueError(f"`bias` must be [{N}], got {list(bias.shape)}")
@@ -296,8 +300,8 @@ class QuantizedLinear(nn.Module):
         input order of the layer (an act-order ``perm`` undone)."""
         dtype = self.scale.dtype if dtype is None else dtype
         K, N = self.in_features, self.out_features
-        plain = self._lay.to_plain(self.qweight, self.nbit, K, N)
-        w = ref.linear_weight(plain, self.scale, self.shift, self.nbit, dtype=dtype, group_size=self._group,
+        plain, scale, shift = self._lay.to_plain(self.qweight, self.scale, self.shift, self.nbit, K, N)
+        w = ref.linear_weight(plain, scale, shift, self.nbit, dtype=dtype, group_size=self._group,
                               packed_dim=0, signed=self.signed)  # [K, N], rows in stored order
         if self.perm is not None:
             w = torch.empty_like(w).index_copy_(0, self.perm.long(), w)
