@@ -140,8 +140,8 @@ class QuantizedLinear(nn.Module):
     * ``bias``: ``[N]`` or absent;
     * ``perm``: int32 ``[K]`` or absent; when present ``forward`` computes
       ``x[..., perm] @ W^T[perm]`` (act-order GPTQ: groups made contiguous at load);
-    * ``qconfig``: int32 ``[nbit, group_size (0: per channel), signed, layout
-      code]``, checked by ``load_state_dict`` so that a state dict never loads into
+    * ``qconfig``: int32 ``[nbit, rows per group (in_features when per channel),
+      signed, layout code]``, checked by ``load_state_dict`` so that a state dict never loads into
       a layer that would read it differently.
 
     ``signed=True``: codes are ``nbit``-bit two's complement (symmetric
@@ -179,7 +179,7 @@ class QuantizedLinear(nn.Module):
     # --- construction ------------------------------------------------------------------------
 
     def _qconfig(self, device=None) -> torch.Tensor:
-        return torch.tensor([self.nbit, self.group_size or 0, int(self.signed), self._lay.code],
+        return torch.tensor([self.nbit, self._group, int(self.signed), self._lay.code],
                             dtype=torch.int32, device=device)
 
     def _set(self, plain: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, bias: Optional[torch.Tensor],

@@ -320,6 +320,37 @@ def test_torch_compile_fullgraph():
     assert got.dtype == eager.dtype and _rel(got, eager.double()) <= TOL[torch.float16]
 
 
+@pytest.mark.skipif(not HAS_GPU, reason="host syncs and CUDA-graph capture: GPU only")
+@pytest.mark.parametrize("M", [1, 16])  # the GEMV and the tensor-core kernel (split-K workspaces)
+def test_cuda_no_sync_and_graph_capture(M):
+    qweight, qzeros, scales, g_idx, _ = _gptq_checkpoint(4, 256, 128, 64, True)
+    mod = QuantizedLinear.from_gptq(qweight, qzeros, scales, g_idx, torch.randn(128).half(), bits=4,
+                                    group_size=64).cuda()
+    x = torch.randn(M, 256, device="cuda").half()
+    mod(x)  # warm-up: kernel compilation, persistent workspaces
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mod(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        mod(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_y = mod(static_x)
+    for _ in range(2):  # replays see new inputs
+        x2 = torch.randn_like(x)
+        static_x.copy_(x2)
+        g.replay()
+        torch.cuda.synchronize()
+        assert _rel(static_y, mod(x2).double()) <= 1e-3
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 _Q = _gptq_checkpoint(4, 128, 8, 32, False)
