@@ -62,7 +62,7 @@ def _quantize_rows(x: torch.Tensor, nbit: int):
 
 
 # the CPU model: Llama's structure at a size that decodes in milliseconds per token
-SMALL = _decoder.Config(vocab=8192, hidden=512, intermediate=1536, layers=4, heads=8, kv_heads=4)
+SMALL = _decoder.Config(vocab=4096, hidden=512, intermediate=1536, layers=2, heads=8, kv_heads=4)
 GPU_MODEL = dataclasses.replace(_decoder.LLAMA3_8B, layers=4)
 
 
