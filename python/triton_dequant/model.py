@@ -37,6 +37,7 @@ __all__ = ["QuantizedLinear", "quantize_model", "LAYOUTS"]
 _NBITS = (1, 2, 4, 8)  # what ops.linear reads from int32 words (padded packing)
 _WIDTH = 32            # container bits: int32 words, as GPTQ
 _SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_DEQUANT_BLOCK = 1 << 24  # weights per step of dequantized_weight (bounds its float64 temporaries)
 
 
 class _Layout:
@@ -301,8 +302,16 @@ class QuantizedLinear(nn.Module):
         dtype = self.scale.dtype if dtype is None else dtype
         K, N = self.in_features, self.out_features
         plain, scale, shift = self._lay.to_plain(self.qweight, self.scale, self.shift, self.nbit, K, N)
-        w = ref.linear_weight(plain, scale, shift, self.nbit, dtype=dtype, group_size=self._group,
-                              packed_dim=0, signed=self.signed)  # [K, N], rows in stored order
+        # whole groups of rows at a time: the exact reference holds ~10 float64 temporaries
+        g, per = self._group, _WIDTH // self.nbit
+        unit = per if g == K else g  # per channel: any whole words; per group: whole groups
+        rows = max(1, _DEQUANT_BLOCK // (N * unit)) * unit
+
+        def block(k):
+            s, h = (scale, shift) if g == K else (scale[k // g:(k + rows) // g], shift[k // g:(k + rows) // g])
+            return ref.linear_weight(plain[k // per:(k + rows) // per], s, h, self.nbit, dtype=dtype,
+                                     group_size=min(g, rows), packed_dim=0, signed=self.signed)
+        w = torch.cat([block(k) for k in range(0, K, rows)])  # [K, N], rows in stored order
         if self.perm is not None:
             w = torch.empty_like(w).index_copy_(0, self.perm.long(), w)
         return w.t().contiguous()

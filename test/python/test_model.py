@@ -90,6 +90,14 @@ def test_dequantized_weight_is_what_forward_uses():
     assert torch.equal(mod(x), wbf.T)
 
 
+@pytest.mark.parametrize("group_size", [64, None], ids=["g64", "per_channel"])
+def test_dequantized_weight_in_blocks(group_size, monkeypatch):
+    mod = QuantizedLinear.from_linear(_linear(512, 24, bias=False), 4, group_size)
+    want = ref.linear_weight(mod.qweight, mod.scale, mod.shift, 4, dtype=torch.float32, group_size=mod._group).T
+    monkeypatch.setattr(td.model, "_DEQUANT_BLOCK", 24 * 64 * 2)  # 2 groups (16 words) per block
+    assert torch.equal(mod.dequantized_weight(torch.float32), want)
+
+
 def test_bias_dtype_kept_and_output_dtype():
     lin = _linear(128, 8, dtype=torch.float16)
     mod = QuantizedLinear.from_linear(lin, 8, 64)
