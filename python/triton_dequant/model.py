@@ -37,7 +37,7 @@ __all__ = ["QuantizedLinear", "quantize_model", "LAYOUTS"]
 _NBITS = (1, 2, 4, 8)  # what ops.linear reads from int32 words (padded packing)
 _WIDTH = 32            # container bits: int32 words, as GPTQ
 _SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_DEQUANT_BLOCK = 1 << 24  # weights per step of dequantized_weight (bounds its float64 temporaries)
+_BLOCK = 1 << 24  # weights per step of from_linear / dequantized_weight (bounds their float64 temporaries)
 
 
 class _Layout:
@@ -227,8 +227,10 @@ class QuantizedLinear(nn.Module):
             if has_bias:
                 mod.bias = torch.empty(linear.out_features, dtype=linear.bias.dtype, device="meta")
             return mod
-        packed, scale, shift = packing.quantize(w.detach().t(), nbit, group_size=mod._group, dim=0, signed=signed,
-                                                scale_dtype=scale_dtype)
+        cols = max(1, _BLOCK // linear.in_features)  # output channels per step (quantize works in float64)
+        parts = [packing.quantize(w.detach()[n:n + cols].t(), nbit, group_size=mod._group, dim=0, signed=signed,
+                                  scale_dtype=scale_dtype) for n in range(0, linear.out_features, cols)]
+        packed, scale, shift = (torch.cat(t, 1) for t in zip(*parts))
         return mod._set(packed, scale, shift, linear.bias, None)
 
     @classmethod
@@ -305,7 +307,7 @@ class QuantizedLinear(nn.Module):
         # whole groups of rows at a time: the exact reference holds ~10 float64 temporaries
         g, per = self._group, _WIDTH // self.nbit
         unit = per if g == K else g  # per channel: any whole words; per group: whole groups
-        rows = max(1, _DEQUANT_BLOCK // (N * unit)) * unit
+        rows = max(1, _BLOCK // (N * unit)) * unit
 
         def block(k):
             s, h = (scale, shift) if g == K else (scale[k // g:(k + rows) // g], shift[k // g:(k + rows) // g])

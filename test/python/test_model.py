@@ -91,11 +91,16 @@ def test_dequantized_weight_is_what_forward_uses():
 
 
 @pytest.mark.parametrize("group_size", [64, None], ids=["g64", "per_channel"])
-def test_dequantized_weight_in_blocks(group_size, monkeypatch):
-    mod = QuantizedLinear.from_linear(_linear(512, 24, bias=False), 4, group_size)
+def test_blocked_quantize_and_dequantize(group_size, monkeypatch):
+    """from_linear and dequantized_weight work in blocks (bounded memory): same results."""
+    lin = _linear(512, 24, bias=False)
+    mod = QuantizedLinear.from_linear(lin, 4, group_size)
     want = ref.linear_weight(mod.qweight, mod.scale, mod.shift, 4, dtype=torch.float32, group_size=mod._group).T
-    monkeypatch.setattr(td.model, "_DEQUANT_BLOCK", 24 * 64 * 2)  # 2 groups (16 words) per block
+    monkeypatch.setattr(td.model, "_BLOCK", 24 * 64 * 2)  # dequantize: 2 groups of rows; quantize: 6 columns
     assert torch.equal(mod.dequantized_weight(torch.float32), want)
+    blocked = QuantizedLinear.from_linear(lin, 4, group_size)
+    for k in ("qweight", "scale", "shift"):
+        assert torch.equal(getattr(blocked, k), getattr(mod, k)), k
 
 
 def test_bias_dtype_kept_and_output_dtype():
