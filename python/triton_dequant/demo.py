@@ -184,6 +184,11 @@ def main(rows: int = 64, cols: int = 4096, nbit: int = 4) -> int:
         print(f"   [{big_rows}, {big_cols}] int{nbit} -> fp16: {nbytes / ms / 1e6:.0f} GB/s, "
               f"{100 * ms_copy / ms:.0f}% of a device copy moving the same bytes")
         del wb, yb, buf
+    else:
+        # the CPU model's tensors are small: one intra-op thread (on 2 cores shared with
+        # other jobs, load average ~6: the demo took 24 s instead of 94 s with torch's
+        # default of two spinning OpenMP threads)
+        torch.set_num_threads(1)
     ok = model_demo()
     return 0 if exact and ok else 1
 
