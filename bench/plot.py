@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from report import cases  # noqa: E402
 
 ORDER = ["ours", "rewrite", "stock", "owned", "split", "naive-triton", "torch-compile", "torch-eager",
-         "cublas-fp16", "copy"]
+         "cublas-fp16", "fp16", "copy"]
 COLORS = {"ours": "#d62728", "rewrite": "#d62728", "stock": "#1f77b4", "owned": "#9467bd", "split": "#8c564b",
           "naive-triton": "#1f77b4", "torch-compile": "#ff7f0e", "torch-eager": "#7f7f7f",
-          "cublas-fp16": "#2ca02c", "copy": "#000000"}
+          "cublas-fp16": "#2ca02c", "fp16": "#2ca02c", "copy": "#000000"}
 
 
 def main(src: str, dst: str) -> None:
@@ -34,7 +34,8 @@ def main(src: str, dst: str) -> None:
     fig, axes = plt.subplots(len(by_bench), 1, figsize=(max(12, 0.75 * widest), 3.6 * len(by_bench)),
                              squeeze=False)
     for ax, (bench, rows) in zip(axes[:, 0], by_bench.items()):
-        matmul = bench in ("gemv", "linear")
+        matmul = bench in ("gemv", "linear", "decode")
+        base = "fp16" if bench == "decode" else "cublas-fp16"  # what "x fp16" divides
         impls = [i for i in ORDER if any(i in r[2] for r in rows) and not (matmul and i == "copy")]
         width = 0.8 / len(impls)
         for k, impl in enumerate(impls):
@@ -43,7 +44,7 @@ def main(src: str, dst: str) -> None:
                 if impl not in d:
                     vals.append(0.0)
                 elif matmul:
-                    vals.append(d["cublas-fp16"]["us"] / d[impl]["us"] if "cublas-fp16" in d else 0.0)
+                    vals.append(d[base]["us"] / d[impl]["us"] if base in d else 0.0)
                 else:
                     vals.append(100.0 * d["copy"]["us"] / d[impl]["us"] if "copy" in d else 0.0)
             ax.bar([i + k * width for i in range(len(rows))], vals, width, label=impl, color=COLORS.get(impl))
@@ -52,7 +53,7 @@ def main(src: str, dst: str) -> None:
         ax.set_xticklabels([f"int{n} {s.replace(',', ' ')[:34]}" if crowded else f"int{n}\n{s.replace(',', ' ')}"
                             for n, s, _ in rows], fontsize=6 if crowded else 7,
                            rotation=35 if crowded else 0, ha="right" if crowded else "center")
-        ax.set_ylabel("x cuBLAS fp16" if matmul else "% of copy bandwidth")
+        ax.set_ylabel(("x fp16 model" if bench == "decode" else "x cuBLAS fp16") if matmul else "% of copy bandwidth")
         if not matmul:
             ax.axhline(100, color="black", lw=0.5)
         else:

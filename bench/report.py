@@ -5,7 +5,7 @@ import json
 import sys
 from collections import OrderedDict
 
-BASELINES = ("naive-triton", "torch-compile", "torch-eager", "cublas-fp16")
+BASELINES = ("naive-triton", "torch-compile", "torch-eager", "cublas-fp16", "fp16")  # fp16: the decode bench's fp16 model
 
 
 def cases(records):
@@ -50,7 +50,7 @@ def table(records) -> str:
 
 def markdown(records) -> str:
     head = ("| bench | nbit | shape | ours (us) | % of copy | vs naive Triton | vs torch.compile "
-            "| vs torch eager | vs cuBLAS fp16 |\n|---|---|---|---|---|---|---|---|---|")
+            "| vs torch eager | vs cuBLAS fp16 | vs fp16 model |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for (bench, nbit, shape), impls in cases(records).items():
         d = row(impls)
