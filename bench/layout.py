@@ -25,8 +25,8 @@ layout of the product).
 Every implementation's output is checked bit for bit against a torch reference
 before it is timed (GEMV: against float64, and stock == rewrite bit for bit).
 Each variant is its own ``triton.jit`` object compiled with the step in the
-state it measures, so the in-memory kernel cache never serves one for the
-other (the on-disk key carries ``layout.cache_tag()`` through ``tl.dequantize``).
+state it measures (the state is part of the kernel cache key in memory and on
+disk, ``triton_dequant.state``, so one object would do as well).
 
     PYTHONPATH=python python3 bench/run.py --only layout
 """
@@ -120,10 +120,8 @@ def _check(impl, what, y, ref):
 
 
 def run(time_us, record, device="cuda", n_out: int = N_OUT, configs=None, axis0=AXIS0, gemv=GEMV):
-    layout.install()
     configs = configs or CONFIGS
-    was = (layout._enabled, layout._policy)
-    try:
+    with layout.override():  # the switches as they were, afterwards
         for nbit, dtype in FORMATS:
             width = torch.iinfo(dtype).bits
             per = width // nbit
@@ -200,9 +198,6 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT, configs=None, axis0=
                        **_kernel_facts(compiled))
             record(bench="layout", nbit=nbit, shape=shape, impl="copy", us=_copy_us(time_us, nbytes, device),
                    bytes=nbytes, note=f"stock == rewrite bitwise: {torch.equal(outs[0], outs[1])}")
-    finally:
-        layout._enabled = was[0]
-        layout.set_store_policy(was[1])
 
 
 DRY_RUN = {"n_out": 1 << 13, "configs": [(256, 4)], "axis0": ((64, 64), (4, 32, 4)), "gemv": None}

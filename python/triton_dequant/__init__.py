@@ -6,11 +6,13 @@ Host ops on torch tensors live in :mod:`.ops` (``triton_dequant.ops.dequantize``
 ``dequantize_rows``, ``embedding_bag``, ``linear``); models in :mod:`.model`
 (``QuantizedLinear``, ``quantize_model``).
 """
-from . import language, layout, ptx, reference
+from . import language, layout, ptx, reference, state
 from .language import dequantize, use_portable
 
+# registers tl.dequantize and puts its lowering state into Triton's cache key; the
+# layout step's hook enters Triton's pipeline only while the step is on
+# (layout.enable() / TRITON_DEQUANT_LAYOUT=1)
 language.install()
-layout.install()  # in Triton's pipeline; off unless enabled (layout.enable() / TRITON_DEQUANT_LAYOUT=1)
 
 from . import interop, ops, packing  # noqa: E402  (ops registers the torch.library ops)
 from .ops import dequantize_rows, embedding_bag, linear  # noqa: E402
@@ -21,5 +23,5 @@ from .model import QuantizedLinear, quantize_model  # noqa: E402
 __all__ = ["dequantize", "use_portable", "dequantize_rows", "embedding_bag", "linear",
            "pack", "unpack", "bitpack", "bitunpack", "quantize", "pack_rows", "unpack_rows",
            "QuantizedLinear", "quantize_model", "model",
-           "ops", "packing", "interop", "language", "layout", "ptx", "reference"]
+           "ops", "packing", "interop", "language", "layout", "ptx", "reference", "state"]
 __version__ = "0.1.0"

@@ -13,11 +13,8 @@ Importing :mod:`triton_dequant` registers :func:`dequantize` as
 """
 from __future__ import annotations
 
-import ast
 import functools
-import hashlib
 import math
-import os
 from typing import Optional
 
 import torch
@@ -29,8 +26,9 @@ from triton.language.semantic import TritonSemantic
 
 from . import ptx
 from . import reference as ref
+from . import state
 
-__all__ = ["dequantize", "install", "lowering_key", "use_portable"]
+__all__ = ["dequantize", "install", "lowering_key", "lowering_state", "use_portable"]
 
 _CONTAINERS = {tl.int8: 8, tl.uint8: 8, tl.int16: 16, tl.uint16: 16, tl.int32: 32, tl.uint32: 32}
 _UNSIGNED = {8: tl.uint8, 16: tl.uint16, 32: tl.uint32}
@@ -38,41 +36,23 @@ _DST = {tl.float16: "fp16", tl.bfloat16: "bf16", tl.float32: "fp32"}
 _SCALE_DTYPES = (tl.float16, tl.bfloat16, tl.float32)
 _MIN_PTX_CAPABILITY = 80  # fma.rn.bf16x2 and cvt.rn.bf16x2.f32 need sm_80
 
-_portable_override: Optional[bool] = None
-
 
 def use_portable(flag: Optional[bool] = True) -> None:
     """Force (``True``) or forbid (``False``) the plain-``tl`` lowering on every
-    backend; ``None`` restores the automatic choice. Also settable with the
-    environment variable ``TRITON_DEQUANT_PORTABLE=1``. Kernels already
-    compiled in this process keep their lowering."""
-    global _portable_override
-    _portable_override = flag
+    backend; ``None`` restores the automatic choice (and the environment variable
+    ``TRITON_DEQUANT_PORTABLE=1``). Takes effect for the next compile: kernels
+    compiled before are not served for the new state (the state is part of their
+    cache key, :mod:`triton_dequant.state`)."""
+    state.set_portable(flag)
 
 
 def _portable_forced() -> bool:
-    if _portable_override is not None:
-        return _portable_override
-    return os.environ.get("TRITON_DEQUANT_PORTABLE", "0") not in ("", "0")
+    """The portable switch in the snapshot the current compile uses."""
+    return state.current().portable
 
 
-def lowering_key() -> str:
-    """Everything that decides what ``tl.dequantize`` emits: the package's own
-    lowering sources, the portable switch and the layout pass state. Mixed into
-    the Triton cache key of every kernel that references ``dequantize``."""
-    from . import layout
-    h = hashlib.sha256()
-    for mod in (ptx, ref):
-        h.update(ptx_source_hash(mod.__file__).encode())
-    h.update(ptx_source_hash(__file__).encode())
-    h.update(f"portable={_portable_forced()};layout={layout.cache_tag()}".encode())
-    return h.hexdigest()[:32]
-
-
-@functools.lru_cache(maxsize=None)
-def ptx_source_hash(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+lowering_state = state.lowering_state
+lowering_key = state.lowering_key
 
 
 def _builtin(fn):
@@ -90,7 +70,8 @@ def _builtin(fn):
         return fn(*args, _semantic=_semantic, **kwargs)
 
     setattr(wrapper, core.TRITON_BUILTIN, True)
-    wrapper.__triton_dequant_key__ = lowering_key
+    # marks the builtin for the cache-key hook (state.install): its lowering key, without a refresh
+    wrapper.__triton_dequant_key__ = state.key_now
     return wrapper
 
 
@@ -397,42 +378,9 @@ def _to_odd(t, err, int_ty, o):
 
 # --- registration and cache key ---------------------------------------------------------
 
-_installed = False
-
-
 def install() -> None:
-    """Register ``tl.dequantize`` and make its lowering part of Triton's kernel cache key.
-
-    Triton hashes a kernel's source and the ``@triton.jit`` functions it calls,
-    but not builtins, and it skips every ``tl.*`` attribute; so a change of this
-    package's lowering would be served stale from the on-disk cache. We mix
-    :func:`lowering_key` into the dependency hash of every function that
-    references ``dequantize`` (by ``tl.dequantize``, ``triton_dequant.dequantize``
-    or a bare imported name)."""
-    global _installed
-    if _installed:
-        return
+    """Register ``tl.dequantize`` and make its lowering part of Triton's kernel
+    cache key (:func:`triton_dequant.state.install`). Idempotent."""
     tl.dequantize = dequantize
     core.dequantize = dequantize
-    from triton.runtime import jit as _jit
-    finder = _jit.DependenciesFinder
-    orig_record, orig_attr = finder.record_reference, finder.visit_Attribute
-
-    def record_reference(self, val, var_dict=None, name=None):
-        key = getattr(val, "__triton_dequant_key__", None)
-        if key is not None:
-            self.hasher.update(key().encode())
-        return orig_record(self, val, var_dict, name)
-
-    def visit_Attribute(self, node):
-        ret = orig_attr(self, node)
-        if ret is None and isinstance(node.value, ast.Name):  # skipped, e.g. `tl.dequantize`
-            base = self.globals.get(node.value.id, self.nonlocals.get(node.value.id))
-            key = getattr(getattr(base, node.attr, None), "__triton_dequant_key__", None)
-            if key is not None:
-                self.hasher.update(key().encode())
-        return ret
-
-    finder.record_reference = record_reference
-    finder.visit_Attribute = visit_Attribute
-    _installed = True
+    state.install()

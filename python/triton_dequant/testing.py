@@ -10,6 +10,7 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
 from . import ptx
+from .state import lowering_state
 
 _INT_TO_FLOAT = re.compile(r"cvt\.\w+\.(f16|bf16|f32|f64)(x2)?\.[su](8|16|32|64)\b")
 
@@ -35,6 +36,7 @@ def compile_for(fn, signature: dict, constexprs: dict | None = None, *, capabili
     for k in constexprs:
         sig[k] = "constexpr"
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    lowering_state()  # environment changes since the last compile take effect (triton_dequant.state)
     src = ASTSource(fn=as_jit(fn), signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})

@@ -1,5 +1,6 @@
 """The layout step (triton_dequant.layout): kernels without tl.dequantize are
-untouched, the switches work, hooks chain, the cache tag follows the state.
+untouched, the switches work, the hook is in Triton's pipeline only while the
+step is on and chains with users' hooks, the cache key follows the state.
 
 Compiles for sm_90 on the CPU (no GPU needed); on a GPU machine one test also
 runs a kernel with the step on and off and checks the results bit for bit.
@@ -13,7 +14,8 @@ import triton.language as tl
 from triton import knobs
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
-from triton_dequant import language, layout
+from triton_dequant import language, layout, state
+from triton_dequant.layout import hook, mlir
 from triton_dequant.testing import as_jit, compile_for
 
 
@@ -92,8 +94,11 @@ def compile_plain():
     }
 
 
+DQ = as_jit(dq_store)  # one JIT object for every compile: its memoised cache key must follow the state
+
+
 def compile_dq(block=1024, nbit=4, num_warps=4):
-    return compile_for(dq_store, {"x_ptr": "*i32", "y_ptr": "*fp16", "n": "i32"},
+    return compile_for(DQ, {"x_ptr": "*i32", "y_ptr": "*fp16", "n": "i32"},
                        {"BLOCK": block, "NBIT": nbit, "PER": 32 // nbit}, num_warps=num_warps,
                        aligned=(0, 1, 2))
 
@@ -102,33 +107,37 @@ def converts(kernel) -> int:
     return len(re.findall(r"\bttg\.convert_layout\b", kernel.asm["ttgir"]))
 
 
+def slot():
+    return knobs.runtime.add_stages_inspection_hook
+
+
 # --- state handling ------------------------------------------------------------------
 
 @pytest.fixture
-def clean(monkeypatch):
-    """Every compile really runs (a cached kernel would hide the step); the step
-    and the hook slot are restored afterwards, whatever the test did."""
-    monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")
-    monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "1")  # the step is opt-in; these tests opt in
-    slot = knobs.runtime.add_stages_inspection_hook
-    state = (layout._installed_hook, layout._previous_hook, layout._enabled, layout._policy)
-    was_disabled = getattr(layout._installed_hook, "__triton_dequant_disabled__", False)
+def clean(monkeypatch, tmp_path):
+    """The step on through the environment (it is opt-in; these tests opt in), an
+    empty hook slot, and a kernel cache of the test's own: some tests make a compile
+    produce something else than its state says (a broken rewrite), which must not
+    reach other tests. Switches, hook and slot are restored afterwards."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
+    monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "1")
+    saved = (slot(), hook._hook, hook._verified_slot, state.switches())
     knobs.runtime.add_stages_inspection_hook = None
-    layout._installed_hook, layout._previous_hook, layout._enabled = None, None, None
-    layout.set_store_policy("narrow")
+    hook._hook = hook._verified_slot = None
+    state.restore((None, None, "narrow"))  # follow the environment
     yield
-    knobs.runtime.add_stages_inspection_hook = slot
-    layout._installed_hook, layout._previous_hook, layout._enabled, layout._policy = state
-    if layout._installed_hook is not None:
-        layout._installed_hook.__triton_dequant_disabled__ = was_disabled
+    monkeypatch.undo()
+    knobs.runtime.add_stages_inspection_hook, hook._hook, hook._verified_slot = saved[:3]
+    state.restore(saved[3])
 
 
 # --- tests -----------------------------------------------------------------------------
 
-def test_kernels_without_dequantize_are_identical(clean):
+def test_kernels_without_dequantize_are_identical(clean, monkeypatch):
+    monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")  # their key ignores the step: compile both for real
+    layout.disable()
     without = compile_plain()
     assert converts(without["other_asm"]) == 1 and converts(without["transpose"]) >= 1  # stock converts
-    layout.install()
     layout.enable()
     assert layout.is_active()
     with_step = compile_plain()
@@ -139,14 +148,15 @@ def test_kernels_without_dequantize_are_identical(clean):
 
 def test_off_by_default(clean, monkeypatch):
     monkeypatch.delenv("TRITON_DEQUANT_LAYOUT")
-    layout.install()
-    assert layout.is_installed() and not layout.is_enabled() and not layout.is_active()
+    assert not layout.is_enabled() and not layout.is_active() and not layout.is_installed()
+    assert slot() is None  # nothing in Triton's pipeline while the step is off
     assert converts(compile_dq()) == 1 and layout.cache_tag().endswith("-off")
 
 
 def test_step_removes_the_conversion(clean):
+    layout.disable()
     assert converts(compile_dq()) == 1  # the stock problem
-    layout.install()
+    layout.enable()
     k = compile_dq()
     assert converts(k) == 0 and "local_alloc" not in k.asm["ttgir"]
     assert layout.last_report["accepted"] and layout.last_report["edits"]
@@ -157,41 +167,42 @@ def test_step_removes_the_conversion(clean):
 
 
 def test_store_policies(clean):
-    layout.install()
     layout.set_store_policy("owned")  # 16-byte loads, each thread stores its 64-byte run (gaps)
     k = compile_dq()
     body = k.asm["ptx"].split(".entry")[1]
     assert converts(k) == 0 and ".shared" not in body
     assert "ld.global.v4.b32" in body and body.count("st.global.v4.b32") == 8
-    assert layout.cache_tag().endswith("-owned")
+    assert layout.cache_tag().endswith("-owned") and layout.store_policy() == "owned"
     layout.set_store_policy("stock")  # keep Triton's conversion for such stores
     assert converts(compile_dq()) == 1
     layout.set_store_policy("narrow")
-    assert converts(compile_dq()) == 0
-    with pytest.raises(ValueError):
+    narrow = compile_dq()
+    assert converts(narrow) == 0 and "ld.global.v4.b32" not in narrow.asm["ptx"]
+    layout.set_store_policy("owned")  # from the cache: the kernel of this policy, not the last one
+    assert compile_dq().asm["ptx"] == k.asm["ptx"]
+    with pytest.raises(ValueError, match="store policy"):
         layout.set_store_policy("wide")
 
 
 def test_switch_off(clean, monkeypatch):
-    layout.install()
     assert converts(compile_dq()) == 0
     layout.disable()
-    assert not layout.is_active() and converts(compile_dq()) == 1
+    assert not layout.is_active() and slot() is None and converts(compile_dq()) == 1
     layout.enable()
-    assert converts(compile_dq()) == 0
+    assert slot() is not None and converts(compile_dq()) == 0
     layout.reset()
     monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "0")
     assert not layout.is_enabled() and converts(compile_dq()) == 1
+    monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "1")
+    assert converts(compile_dq()) == 0  # (compile_for refreshes the state: the environment counts)
+    monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "0")
     layout.enable()  # explicit call wins over the environment
     assert converts(compile_dq()) == 0
-    layout.uninstall()
-    assert knobs.runtime.add_stages_inspection_hook is None
-    assert converts(compile_dq()) == 1
+    layout.disable()
+    assert slot() is None and converts(compile_dq()) == 1
 
 
-def test_chains_with_an_earlier_user_hook(clean):
-    calls = []
-
+def _user_hook(calls):
     def user_hook(backend, stages, options, language, capability):
         calls.append(capability)
         inner = stages["ttgir"]
@@ -200,21 +211,30 @@ def test_chains_with_an_earlier_user_hook(clean):
             calls.append("ttgir")
             return inner(src, metadata)
         stages["ttgir"] = ttgir
+    return user_hook
 
+
+def test_chains_with_an_earlier_user_hook(clean, monkeypatch):
+    monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")  # the hooks run only when a kernel is compiled
+    layout.disable()
+    calls = []
+    user_hook = _user_hook(calls)
     knobs.runtime.add_stages_inspection_hook = user_hook
-    layout.install()
-    layout.install()  # idempotent
+    layout.enable()
+    layout.enable()  # idempotent
+    assert slot() is not user_hook and layout.is_installed()
     assert converts(compile_dq()) == 0
     assert calls == [90, "ttgir"]
-    layout.uninstall()
-    assert knobs.runtime.add_stages_inspection_hook is user_hook
+    layout.disable()
+    assert slot() is user_hook
     assert converts(compile_dq()) == 1 and calls[-2:] == [90, "ttgir"]
 
 
-def test_chains_under_a_later_user_hook(clean):
+def test_chains_under_a_later_user_hook(clean, monkeypatch):
+    monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")
     calls = []
-    layout.install()
-    previous = knobs.runtime.add_stages_inspection_hook
+    layout.enable()
+    previous = slot()
 
     def user_hook(backend, stages, options, language, capability):
         previous(backend, stages, options, language, capability)
@@ -223,47 +243,61 @@ def test_chains_under_a_later_user_hook(clean):
     knobs.runtime.add_stages_inspection_hook = user_hook
     assert layout.is_installed()
     assert converts(compile_dq()) == 0 and calls == [90]
-    layout.uninstall()  # cannot unlink from the middle of a chain: becomes a pass-through
-    assert knobs.runtime.add_stages_inspection_hook is user_hook and not layout.is_installed()
+    layout.disable()  # cannot unlink from the middle of a chain: becomes a pass-through
+    assert slot() is user_hook and not layout.is_installed()
     assert converts(compile_dq()) == 1 and calls == [90, 90]
-    layout.install()  # reactivated in place, not stacked twice
-    assert knobs.runtime.add_stages_inspection_hook is user_hook
-    assert converts(compile_dq()) == 0
+    layout.enable()  # reactivated in place, not stacked twice
+    assert slot() is user_hook and layout.is_installed()
+    assert converts(compile_dq()) == 0 and calls == [90, 90, 90]
+
+
+def test_a_user_hook_that_drops_ours(clean, monkeypatch):
+    """A hook put into the slot without calling the one it replaced: the next state
+    refresh (a compile_for, a launch, a query) puts the step back on top of it."""
+    monkeypatch.setenv("TRITON_ALWAYS_COMPILE", "1")
+    calls = []
+    layout.enable()
+    user_hook = _user_hook(calls)
+    knobs.runtime.add_stages_inspection_hook = user_hook
+    assert layout.is_active() and slot() is not user_hook
+    assert converts(compile_dq()) == 0 and calls == [90, "ttgir"]
+    layout.disable()
+    assert slot() is user_hook
 
 
 def test_cache_tag_follows_state(clean, monkeypatch):
-    off = layout.cache_tag()
-    assert re.fullmatch(r"layout-v\d+-[0-9a-f]{12}-off", off)
-    layout.install()
     on = layout.cache_tag()
-    assert on != off and on.endswith("-narrow")
+    assert re.fullmatch(r"layout-v\d+-[0-9a-f]{12}-narrow", on)
     key_on = language.lowering_key()
     layout.disable()
-    assert layout.cache_tag() == off
-    assert language.lowering_key() != key_on  # the lead's cache key carries the tag
+    off = layout.cache_tag()
+    assert off != on and off.endswith("-off")
+    assert language.lowering_key() != key_on  # the kernel cache key carries the state
+    assert language.lowering_state() == state.LoweringState(portable=False, layout="off")
     layout.reset()
     monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "0")
     assert layout.cache_tag() == off
     monkeypatch.setenv("TRITON_DEQUANT_LAYOUT", "1")
+    assert layout.cache_tag() == on and language.lowering_key() == key_on
+    with layout.override(enabled=False):
+        assert layout.cache_tag() == off
     assert layout.cache_tag() == on
-    layout.uninstall()
-    assert layout.cache_tag() == off
 
 
 def test_broken_rewrite_falls_back_to_triton(clean, monkeypatch):
-    layout.install()
-    monkeypatch.setattr(layout, "rewrite_ttgir", lambda text: (text.replace("tt.store", "tt.stor"), ["bogus"]))
+    monkeypatch.setattr(layout.rewrite, "rewrite_ttgir",
+                        lambda text, policy: (text.replace("tt.store", "tt.stor"), ["bogus"]))
     k = compile_dq()
     assert converts(k) == 1 and "error" in layout.last_report and not layout.last_report["accepted"]
 
 
 def test_text_helpers():
-    t = layout.TensorType.parse("tensor<64x!tt.ptr<f16>, #ttg.slice<{dim = 0, parent = #blocked1}>>")
+    t = mlir.TensorType.parse("tensor<64x!tt.ptr<f16>, #ttg.slice<{dim = 0, parent = #blocked1}>>")
     assert t.shape == [64] and t.elem == "!tt.ptr<f16>" and t.encoding == "#ttg.slice<{dim = 0, parent = #blocked1}>"
     assert str(t.with_(elem="i1")) == "tensor<64xi1, #ttg.slice<{dim = 0, parent = #blocked1}>>"
-    code, loc = layout._split_loc('    %y = tt.foo "a(b) loc(x)" %x : i32 loc(callsite(#loc1 at #loc66))')
+    code, loc = mlir.split_loc('    %y = tt.foo "a(b) loc(x)" %x : i32 loc(callsite(#loc1 at #loc66))')
     assert code == '    %y = tt.foo "a(b) loc(x)" %x : i32' and loc == " loc(callsite(#loc1 at #loc66))"
-    op = layout._parse_op(0, '  %q:8 = tt.elementwise_inline_asm "%fake {" {pure = true} %w#2, %s : '
+    op = mlir.parse_op(0, '  %q:8 = tt.elementwise_inline_asm "%fake {" {pure = true} %w#2, %s : '
                              'tensor<4xi32, #b>, tensor<4xf16, #b> -> tensor<4xf16, #b> loc(#l)')
     assert op.results == ["%q"] and op.counts == [8] and op.operands == ["%w#2", "%s"]
     assert op.result_type.encoding == "#b"
@@ -271,26 +305,27 @@ def test_text_helpers():
     lines = ["%c = arith.constant 1 : i32", "scf.if %p {", "  %5 = arith.addi %c, %c : i32",
              "  tt.store %a, %5 : tensor<4x!tt.ptr<i32>, #b>", "} else {", "  %5 = arith.subi %c, %c : i32",
              "  tt.store %a, %5 : tensor<4x!tt.ptr<i32>, #b>", "}"]
-    ops, lookup = layout._parse_function_ops(lines)
-    stores = [o for o in ops if o.name == "tt.store"]
-    assert [lookup(s, "%5").name for s in stores] == ["arith.addi", "arith.subi"]
+    body = mlir.Body(lines)
+    stores = [o for o in body.ops if o.name == "tt.store"]
+    assert [body.definition(s, "%5").name for s in stores] == ["arith.addi", "arith.subi"]
+    assert [u.name for u in body.users(body.ops[0])] == ["arith.addi", "arith.subi"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_results_identical_on_gpu(clean):
-    """The same kernel compiled with the step off and on (two JIT objects, so the
-    in-memory cache cannot serve one for the other) writes the same bits."""
+    """The same kernel (one JIT object: its in-memory cache must follow the state)
+    compiled with the step off and on writes the same bits."""
     torch.manual_seed(0)
     n, block = 1 << 16, 1024
     x = torch.randint(-2 ** 31, 2 ** 31 - 1, (n,), dtype=torch.int32, device="cuda")
-    outs = []
-    layout.install()
+    outs, cvts = [], []
+    k = triton.JITFunction(as_jit(dq_store).fn)
     for on in (False, True):
         layout.enable() if on else layout.disable()
-        k = triton.JITFunction(as_jit(dq_store).fn)
         y = torch.empty(n * 8, dtype=torch.float16, device="cuda")
-        k[(n // block,)](x, y, n, BLOCK=block, NBIT=4, PER=8)
+        cvts.append(converts(k[(n // block,)](x, y, n, BLOCK=block, NBIT=4, PER=8)))
         outs.append(y)
+    assert cvts == [1, 0]
     shifts = torch.arange(8, device="cuda", dtype=torch.int32) * 4
     ref = (((x[:, None] >> shifts) & 15).to(torch.float32) * 0.5 - 8.0).to(torch.float16).reshape(-1)
     assert torch.equal(outs[0], ref) and torch.equal(outs[1], ref)
@@ -336,13 +371,13 @@ def _codes(x, nbit):
 
 
 def _both(kernel, launch):
-    """Run ``launch(jit_fn)`` with the step off, then on (fresh JIT objects);
-    returns the two results and the two compiled kernels."""
+    """Run ``launch(jit_fn)`` with the step off, then on (one JIT object: its
+    in-memory cache must follow the state); returns the two results."""
     outs = []
-    layout.install()
+    fn = triton.JITFunction(as_jit(kernel).fn)
     for on in (False, True):
         layout.enable() if on else layout.disable()
-        outs.append(launch(triton.JITFunction(as_jit(kernel).fn)))
+        outs.append(launch(fn))
     return outs
 
 

@@ -28,8 +28,9 @@ import os
 import re
 import sys
 
-os.environ.setdefault("TRITON_ALWAYS_COMPILE", "1")  # the step must run, not the cache
 os.environ.pop("TRITON_INTERPRET", None)
+# (no TRITON_ALWAYS_COMPILE: the layout state is part of the kernel cache key, so a
+# cached kernel is one compiled in the same state)
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -203,7 +204,6 @@ def main(argv=None) -> None:
                    help="layout.set_store_policy() for stores whose tile would leave gaps")
     p.add_argument("--ir", default="summary", help="comma-separated: summary, ttgir, llir, ptx")
     a = p.parse_args(argv)
-    layout.install()
     if a.layout == "on":
         layout.enable()
     elif a.layout == "off":

@@ -1,0 +1,287 @@
+"""The lowering state of ``tl.dequantize`` and Triton's kernel caches.
+
+What ``tl.dequantize`` emits depends on
+
+* the package's own sources (:mod:`.language`, :mod:`.ptx`, :mod:`.layout`, ...),
+* the portable switch: :func:`triton_dequant.use_portable` / ``TRITON_DEQUANT_PORTABLE``,
+* the layout step: :func:`triton_dequant.layout.enable` / ``disable`` / ``reset`` /
+  ``TRITON_DEQUANT_LAYOUT`` and :func:`~triton_dequant.layout.set_store_policy`.
+
+Triton 3.6 keys a compiled kernel on its ``JITFunction.cache_key`` (a hash of the
+sources of the function and of the ``@triton.jit`` functions it calls), the
+signature, constexprs, options and backend. It knows nothing of the above, and it
+*memoises* ``cache_key`` on first use; its in-process cache (``device_caches``) is
+keyed on the specialisation and options only. So this module
+
+1. mixes :func:`lowering_key` (sources + state) into the ``cache_key`` of every
+   function that references ``dequantize`` (``tl.dequantize``,
+   ``triton_dequant.dequantize`` or a bare imported name) and of every function
+   that calls such a function (see :func:`install`);
+2. keeps a weak registry of those functions; whenever the state changes it resets
+   their memoised ``cache_key`` and clears their in-process kernel caches, so the
+   next launch or ``triton.compile`` recomputes the key with the new state;
+3. holds one *snapshot* of the state that every compile uses (the builtin and the
+   layout hook read the snapshot, not the switches), so the key a kernel is stored
+   under always describes how it was lowered, in one process and across processes
+   sharing ``TRITON_CACHE_DIR``.
+
+The snapshot is refreshed (:func:`sync`) at these points: import; every switch call
+(``use_portable``, ``layout.enable/disable/reset/set_store_policy``); every
+launch of a registered kernel through ``kernel[grid](...)`` / ``kernel.warmup``
+(a Triton pre-run hook); the start of every ``cache_key`` computation; every
+public query (:func:`lowering_state`, :func:`lowering_key`, ``layout.is_enabled``,
+``layout.cache_tag``...). An environment variable changed in-process therefore
+takes effect at the next of these points; before it, compiles consistently use
+the previous state. Code that calls ``triton.compile(ASTSource(fn, ...))`` itself
+should call :func:`lowering_state` first (and put its value into any cache of
+compiled kernels it keeps): ``triton_dequant.testing.compile_for`` does.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import os
+import sys
+import threading
+import warnings
+import weakref
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+__all__ = ["LoweringState", "lowering_state", "lowering_key", "sync", "install", "tracked"]
+
+ENV_PORTABLE = "TRITON_DEQUANT_PORTABLE"
+ENV_LAYOUT = "TRITON_DEQUANT_LAYOUT"
+POLICIES = ("narrow", "stock", "owned")
+
+
+class LoweringState(NamedTuple):
+    """What decides the lowering of ``tl.dequantize`` besides the package sources."""
+    portable: bool  # the plain-``tl`` lowering forced on every backend
+    layout: str  # "off", or the store policy of the active layout step ("narrow", "stock", "owned")
+
+
+# the switches (None: follow the environment)
+_portable_override: Optional[bool] = None
+_layout_override: Optional[bool] = None
+_policy = "narrow"
+
+_lock = threading.RLock()
+_current = LoweringState(False, "off")  # the snapshot every compile uses
+_tracked: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: unset, '', '0', 'false', 'off', 'no' are off."""
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+def _read() -> LoweringState:
+    portable = _portable_override if _portable_override is not None else env_flag(ENV_PORTABLE)
+    on = _layout_override if _layout_override is not None else env_flag(ENV_LAYOUT)
+    return LoweringState(portable, _policy if on else "off")
+
+
+def current() -> LoweringState:
+    """The snapshot (no refresh): what a compile running now uses."""
+    return _current
+
+
+def sync() -> LoweringState:
+    """Refresh the snapshot from the switches and the environment; on a change,
+    invalidate every registered kernel. Puts the layout hook into Triton's
+    pipeline while the layout step is on, and takes it out while it is off."""
+    global _current
+    with _lock:
+        new = _read()
+        from .layout import hook
+        hook.follow(new.layout != "off")
+        if new != _current:
+            _current = new
+            _invalidate()
+        return new
+
+
+def lowering_state() -> LoweringState:
+    """The lowering state now (refreshed, see :func:`sync`): a small hashable value
+    for caches of compiled kernels kept outside Triton (put it into their keys)."""
+    return sync()
+
+
+@functools.lru_cache(maxsize=None)
+def sources_digest() -> str:
+    """sha256 of the package's lowering sources: the package's own modules and the
+    layout step (``kernels/`` holds ``@triton.jit`` functions, which Triton hashes)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *(root / "layout").glob("*.py")]):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _key_of(state: LoweringState) -> str:
+    return hashlib.sha256(f"{sources_digest()};portable={int(state.portable)};layout={state.layout}"
+                          .encode()).hexdigest()[:32]
+
+
+def key_now() -> str:
+    """:func:`lowering_key` of the snapshot, without a refresh (used while Triton hashes)."""
+    return _key_of(_current)
+
+
+def lowering_key() -> str:
+    """Everything that decides what ``tl.dequantize`` emits (sources and state),
+    as a hex string: what is mixed into Triton's ``cache_key``."""
+    return _key_of(sync())
+
+
+# --- the registry ----------------------------------------------------------------------
+
+def tracked() -> list:
+    """The live ``@triton.jit`` functions whose cache key includes the lowering key."""
+    return list(_tracked.values())
+
+
+def _invalidate() -> None:
+    for fn in list(_tracked.values()):
+        with fn._hash_lock:
+            fn.hash = None  # Triton recomputes cache_key (with the new state) at its next use
+        for caches in list(getattr(fn, "device_caches", {}).values()):
+            caches[0].clear()  # kernel_cache: specialisation + options -> CompiledKernel
+            caches[1].clear()  # kernel_key_cache: may hold cache_keys of jit-function arguments
+
+
+def _pre_run(*args, **kwargs) -> None:
+    sync()
+
+
+def _track(fn) -> None:
+    if fn is None or id(fn) in _tracked:
+        return
+    _tracked[id(fn)] = fn
+    if hasattr(fn, "add_pre_run_hook") and _pre_run not in fn.pre_run_hooks:
+        fn.add_pre_run_hook(_pre_run)
+
+
+_warned = False
+
+
+def _hashed_function():
+    """The JITCallable whose ``cache_key`` is being computed: the ``self`` of the
+    innermost ``JITCallable.cache_key`` frame (Triton builds the DependenciesFinder
+    there without a reference to the function)."""
+    global _warned
+    from triton.runtime.jit import JITCallable
+    code = JITCallable.cache_key.fget.__code__
+    f = sys._getframe(2)
+    while f is not None:
+        if f.f_code is code:
+            return f.f_locals.get("self")
+        f = f.f_back
+    if not _warned:
+        _warned = True
+        warnings.warn("triton_dequant: cannot find the function Triton is hashing; kernels using "
+                      "tl.dequantize will not be recompiled when the lowering state changes")
+    return None
+
+
+# --- Triton's DependenciesFinder ---------------------------------------------------------
+
+_installed = False
+
+
+def _resolve(node, finder):
+    """The Python object an ``a.b.c`` expression in a kernel names, or None."""
+    if isinstance(node, ast.Name):
+        return finder.globals.get(node.id, finder.nonlocals.get(node.id))
+    if isinstance(node, ast.Attribute):
+        return getattr(_resolve(node.value, finder), node.attr, None)
+    return None
+
+
+def _note(finder, val) -> None:
+    """``val`` is referenced by the function being hashed: if it is ``dequantize``,
+    mix the lowering key into the hash; if it is ``dequantize`` or a registered
+    function, register the function being hashed."""
+    if getattr(val, "__triton_dequant_key__", None) is not None:
+        if not finder.__dict__.get("_tdq_keyed"):
+            finder._tdq_keyed = True
+            finder.hasher.update(val.__triton_dequant_key__().encode())
+        _track(_hashed_function())
+    elif val is not None and id(val) in _tracked and _tracked.get(id(val)) is val:
+        _track(_hashed_function())
+
+
+def install() -> None:
+    """Make the lowering part of Triton's cache key (idempotent).
+
+    Why a patch of ``triton.runtime.jit.DependenciesFinder``: Triton hashes a
+    kernel's source and the ``@triton.jit`` functions it calls, but skips builtins
+    and every ``tl.*`` attribute (``visit_Attribute`` returns early for
+    ``triton.language``), so nothing else sees that a kernel uses ``tl.dequantize``
+    and its key would not change with the lowering. Two methods are wrapped:
+    ``record_reference`` (names and ``module.attr`` references; also refreshes the
+    snapshot once per hash computation) and ``visit_Attribute`` (the ``tl.*``
+    references Triton skips). Nothing else is installed into Triton at import; the
+    layout hook enters the pipeline only while the layout step is on."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        from triton.runtime.jit import DependenciesFinder as finder
+        orig_record, orig_attr = finder.record_reference, finder.visit_Attribute
+
+        def record_reference(self, val, var_dict=None, name=None):
+            if not self.__dict__.get("_tdq_synced"):  # before any callee's key is mixed in
+                self._tdq_synced = True
+                sync()
+            ret = orig_record(self, val, var_dict, name)  # (computes a callee's key first)
+            _note(self, val)
+            return ret
+
+        def visit_Attribute(self, node):
+            ret = orig_attr(self, node)
+            if ret is None:  # skipped by Triton, e.g. `tl.dequantize`
+                _note(self, _resolve(node, self))
+            return ret
+
+        finder.record_reference = record_reference
+        finder.visit_Attribute = visit_Attribute
+        _installed = True
+    sync()
+
+
+# --- the switches (called by language.use_portable and the layout API) -------------------
+
+def set_portable(flag: Optional[bool]) -> None:
+    global _portable_override
+    if flag is not None and not isinstance(flag, bool):
+        raise TypeError(f"use_portable: `flag` must be True, False or None, got {flag!r}")
+    _portable_override = flag
+    sync()
+
+
+def set_layout(flag: Optional[bool]) -> None:
+    global _layout_override
+    _layout_override = flag
+    sync()
+
+
+def set_policy(policy: str) -> None:
+    global _policy
+    if policy not in POLICIES:
+        raise ValueError(f"store policy must be 'narrow', 'stock' or 'owned', got {policy!r}")
+    _policy = policy
+    sync()
+
+
+def switches() -> tuple:
+    """``(portable override, layout override, store policy)``, for :func:`restore`."""
+    return _portable_override, _layout_override, _policy
+
+
+def restore(saved: tuple) -> None:
+    global _portable_override, _layout_override, _policy
+    _portable_override, _layout_override, _policy = saved
+    sync()
