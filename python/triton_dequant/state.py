@@ -47,7 +47,10 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple, Optional
+
+_PKG = __name__.rsplit(".", 1)[0]  # triton_dequant
 
 __all__ = ["LoweringState", "lowering_state", "lowering_key", "sync", "install", "tracked"]
 
@@ -68,24 +71,55 @@ _layout_override: Optional[bool] = None
 _policy = "narrow"
 
 _lock = threading.RLock()
-_current = LoweringState(False, "off")  # the snapshot every compile uses
+_current: Optional[LoweringState] = None  # the snapshot every compile uses (set by install())
 _tracked: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 
 
+def _flag(value: Optional[str]) -> bool:
+    """An on/off environment value: unset, '', '0', 'false', 'off', 'no' are off."""
+    return value is not None and value.strip().lower() not in ("", "0", "false", "off", "no")
+
+
+# The state is refreshed at every launch, so reading the two variables must be cheap:
+# os.environ.get costs microseconds (it encodes the key and decodes the value each
+# time); the dict behind it (CPython's os.environ._data) is read directly, with the
+# parsed flag cached per raw value.
+_ENV = getattr(os.environ, "_data", None)
+_ENV_KEYS = {}
+if _ENV is not None:
+    try:
+        _ENV_KEYS = {name: os.environ.encodekey(name) for name in (ENV_PORTABLE, ENV_LAYOUT)}
+    except AttributeError:
+        _ENV = None
+_FLAGS: dict = {}
+
+
 def env_flag(name: str) -> bool:
-    """An on/off environment variable: unset, '', '0', 'false', 'off', 'no' are off."""
-    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "off", "no")
+    if _ENV is None:
+        return _flag(os.environ.get(name))
+    raw = _ENV.get(_ENV_KEYS[name])
+    flag = _FLAGS.get(raw)
+    if flag is None:
+        flag = _FLAGS[raw] = _flag(None if raw is None else os.environ.decodevalue(raw))
+    return flag
+
+
+_STATES: dict = {}  # (portable, layout) -> LoweringState: one object per state (building one costs 1 us)
 
 
 def _read() -> LoweringState:
     portable = _portable_override if _portable_override is not None else env_flag(ENV_PORTABLE)
-    on = _layout_override if _layout_override is not None else env_flag(ENV_LAYOUT)
-    return LoweringState(portable, _policy if on else "off")
+    key = (portable, _policy if (_layout_override if _layout_override is not None else env_flag(ENV_LAYOUT))
+           else "off")
+    st = _STATES.get(key)
+    if st is None:
+        st = _STATES[key] = LoweringState(*key)
+    return st
 
 
 def current() -> LoweringState:
     """The snapshot (no refresh): what a compile running now uses."""
-    return _current
+    return _current if _current is not None else sync()
 
 
 def sync() -> LoweringState:
@@ -93,14 +127,23 @@ def sync() -> LoweringState:
     invalidate every registered kernel. Puts the layout hook into Triton's
     pipeline while the layout step is on, and takes it out while it is off."""
     global _current
+    new = _read()
+    if new is _current and _hook_follow(new.layout != "off"):
+        return new  # (the common case: nothing changed, the hook where it belongs)
     with _lock:
         new = _read()
-        from .layout import hook
-        hook.follow(new.layout != "off")
-        if new != _current:
+        _hook_follow(new.layout != "off", force=True)
+        if new is not _current:
             _current = new
             _invalidate()
         return new
+
+
+def _hook_follow(on: bool, force: bool = False) -> bool:
+    from .layout import hook
+    global _hook_follow
+    _hook_follow = hook.follow  # (resolved once: the layout package imports this module)
+    return hook.follow(on, force)
 
 
 def lowering_state() -> LoweringState:
@@ -109,17 +152,34 @@ def lowering_state() -> LoweringState:
     return sync()
 
 
+def lowering_modules() -> list:
+    """The package modules that decide what ``tl.dequantize`` emits: :mod:`.language`,
+    this module, the layout step and every package module they use, transitively
+    (``kernels/`` is left out: its ``@triton.jit`` functions are hashed by Triton)."""
+    todo, seen = [f"{_PKG}.language", __name__, f"{_PKG}.layout"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sys.modules:
+            continue
+        seen.add(name)
+        for v in vars(sys.modules[name]).values():
+            dep = v.__name__ if isinstance(v, ModuleType) else getattr(v, "__module__", None)
+            if isinstance(dep, str) and dep.startswith(_PKG + ".") and not dep.startswith(_PKG + ".kernels"):
+                todo.append(dep)
+    return sorted(seen)
+
+
 @functools.lru_cache(maxsize=None)
 def sources_digest() -> str:
-    """sha256 of the package's lowering sources: the package's own modules and the
-    layout step (``kernels/`` holds ``@triton.jit`` functions, which Triton hashes)."""
-    root = Path(__file__).resolve().parent
+    """sha256 of the sources of :func:`lowering_modules`."""
     h = hashlib.sha256()
-    for path in sorted([*root.glob("*.py"), *(root / "layout").glob("*.py")]):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in lowering_modules():
+        path = getattr(sys.modules[name], "__file__", None)
+        h.update(name.encode() + b"\0" + (Path(path).read_bytes() if path else b"") + b"\0")
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def _key_of(state: LoweringState) -> str:
     return hashlib.sha256(f"{sources_digest()};portable={int(state.portable)};layout={state.layout}"
                           .encode()).hexdigest()[:32]
@@ -127,7 +187,7 @@ def _key_of(state: LoweringState) -> str:
 
 def key_now() -> str:
     """:func:`lowering_key` of the snapshot, without a refresh (used while Triton hashes)."""
-    return _key_of(_current)
+    return _key_of(current())
 
 
 def lowering_key() -> str:
@@ -145,8 +205,7 @@ def tracked() -> list:
 
 def _invalidate() -> None:
     for fn in list(_tracked.values()):
-        with fn._hash_lock:
-            fn.hash = None  # Triton recomputes cache_key (with the new state) at its next use
+        fn.hash = None  # Triton recomputes cache_key (with the new state) at its next use
         for caches in list(getattr(fn, "device_caches", {}).values()):
             caches[0].clear()  # kernel_cache: specialisation + options -> CompiledKernel
             caches[1].clear()  # kernel_key_cache: may hold cache_keys of jit-function arguments
@@ -194,6 +253,8 @@ _installed = False
 def _resolve(node, finder):
     """The Python object an ``a.b.c`` expression in a kernel names, or None."""
     if isinstance(node, ast.Name):
+        if node.id in finder.local_names:
+            return None
         return finder.globals.get(node.id, finder.nonlocals.get(node.id))
     if isinstance(node, ast.Attribute):
         return getattr(_resolve(node.value, finder), node.attr, None)

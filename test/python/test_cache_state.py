@@ -147,6 +147,13 @@ def test_registry_is_weak_and_sparse(fresh):
     assert ref() is None and all(f.__name__ != "_dq_caller" for f in state.tracked())
 
 
+def test_sources_in_the_key():
+    mods = state.lowering_modules()
+    for m in ("language", "ptx", "reference", "state", "layout", "layout.rewrite", "layout.hook"):
+        assert f"triton_dequant.{m}" in mods
+    assert not any(m.startswith(("triton_dequant.kernels", "triton_dequant.ops")) for m in mods)
+
+
 def _plain(x_ptr, y_ptr):
     tl.store(y_ptr + tl.arange(0, 8), tl.load(x_ptr + tl.arange(0, 8)))
 

@@ -42,8 +42,10 @@ pointers and masks vanish):
    in that layout directly.
 
 The result is kept only if it has fewer conversions that move data than
-Triton's module and no more shared-memory allocations; otherwise (and on any
-error) Triton's module is returned untouched. Modules without the marker are
+Triton's module (by Triton's own check: a conversion whose minimal conversion
+layout involves only registers is free), or as many and fewer conversions in
+all, and no more shared-memory allocations; otherwise (and on any error)
+Triton's module is returned untouched. Modules without the marker are
 never changed (not even re-parsed): their IR is identical with or without the
 step. ``tl.dot`` operands are left to Triton: the tile reaches the dot through
 one ``ttg.local_alloc`` (wgmma) or ``local_alloc`` + ``local_load`` (mma.sync),

@@ -1,5 +1,6 @@
-"""Layout algebra on TTGIR encoding texts: which conversions move data, how a
-warp's store instruction covers memory, and the layouts the rewrite moves to.
+"""Layout algebra: which conversions move data (Triton's own check), how a
+warp's store instruction covers memory, and the layouts the rewrite moves to
+(on TTGIR encoding texts).
 
 Layouts are handled as bases (Triton's linear-layout view): a thread's
 registers and a warp's lanes each enumerate offsets by XOR-ing basis vectors,
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Tuple
 
-from .mlir import Aliases, TensorType, int_list, split_loc, split_top
+from .mlir import Aliases, int_list
 
 SECTOR = 32  # bytes: the unit of a global memory transaction
 VECTOR = 16  # bytes: the widest access of one thread (Coalesce caps stores at 128 bits)
@@ -27,13 +28,6 @@ def linear_parts(enc: str, aliases: Aliases) -> Optional[Tuple[Bases, str]]:
     if not m:
         return None
     return [int_list(b) for b in re.findall(r"\[[-\d, ]*\]", m.group(1)[1:-1])], m.group(2)
-
-
-def register_permutation(a: str, b: str, aliases: Aliases) -> bool:
-    """Two linear layouts that differ only in the order of a thread's registers:
-    converting between them moves no data (register renaming)."""
-    pa, pb = linear_parts(a, aliases), linear_parts(b, aliases)
-    return pa is not None and pb is not None and pa[1] == pb[1] and sorted(pa[0]) == sorted(pb[0])
 
 
 def blocked_parts(enc: str, aliases: Aliases) -> Optional[Dict[str, List[int]]]:
@@ -168,13 +162,24 @@ def store_order(enc: str, store_enc: str, rank: int, aliases: Aliases) -> str:
     return f"#ttg.linear<{{register = [{text}], {rest_text}"
 
 
-def moving_conversions(text: str, aliases: Aliases) -> int:
-    """``ttg.convert_layout`` ops in a TTGIR text that move data between threads
-    (all but register permutations)."""
-    moving = 0
-    for m in re.finditer(r"ttg\.convert_layout [^\n]*", text):
-        tys = split_top(split_top(split_loc(m.group(0))[0], " : ")[-1], " -> ")
-        a, b = (TensorType.parse(t) for t in tys) if len(tys) == 2 else (None, None)
-        if a is None or b is None or not register_permutation(a.encoding, b.encoding, aliases):
-            moving += 1
-    return moving
+def moving_conversions(module) -> int:
+    """``ttg.convert_layout`` ops in a TTGIR module (Triton's ``ir.module``) that move
+    data between threads. Triton's own check (``GluonOpBuilder.is_convert_layout_trivial``,
+    which the Gluon frontend uses for ``convert_layout(..., assert_trivial=True)``): a
+    conversion is free when its minimal conversion layout involves only the register
+    dimension, i.e. it lowers to a permutation of each thread's registers; any other
+    goes through shuffles or shared memory."""
+    from triton._C.libtriton import gluon_ir
+    builder = gluon_ir.GluonOpBuilder(module.context)
+    moving = [0]
+
+    def visit(op):
+        if op.get_name() == "ttg.convert_layout":
+            try:
+                free = builder.is_convert_layout_trivial(op.get_result(0).get_type(), op.get_operand(0))
+            except Exception:  # (a layout Triton cannot express linearly: count it as moving)
+                free = False
+            moving[0] += not free
+
+    module.walk(visit)
+    return moving[0]

@@ -15,18 +15,20 @@ whenever the state may have changed) keeps it so:
 The wrapped stage runs Triton's ``make_ttgir`` unchanged, then, only for modules
 that contain a ``tl.dequantize`` asm block, the rewrite (:mod:`.rewrite`) and
 Triton's own clean-up passes; the result is kept only if it has fewer conversions
-that move data and no more shared-memory allocations (otherwise, and on any
-error, Triton's module is returned).
+that move data (Triton's own check, :func:`.algebra.moving_conversions`), or as
+many and fewer conversions in all, and no more shared-memory allocations
+(otherwise, and on any error, Triton's module is returned).
 """
 from __future__ import annotations
 
+import functools
 import os
-import re
 import tempfile
 from typing import Dict, Optional, Tuple
 
+from triton import knobs
+
 from . import algebra, rewrite
-from .mlir import Aliases
 
 last_report: dict = {}  # what the last dequant-bearing compile did (mutated in place; for tests / debugging)
 
@@ -50,12 +52,10 @@ _verified_slot = None  # the slot value last seen to reach an active _hook (save
 
 
 def _slot():
-    from triton import knobs
     return knobs.runtime.add_stages_inspection_hook
 
 
 def _set_slot(value) -> None:
-    from triton import knobs
     knobs.runtime.add_stages_inspection_hook = value
 
 
@@ -83,23 +83,26 @@ def _reachable(hook) -> bool:
     return False
 
 
-def follow(on: bool) -> None:
-    """Put the hook into the pipeline (``on``) or take it out; cheap when nothing changes."""
+def follow(on: bool, force: bool = True) -> bool:
+    """Put the hook into the pipeline (``on``) or take it out. Without ``force``,
+    only says whether it is where it belongs already (cheap, changes nothing)."""
     global _hook, _verified_slot
     slot = _slot()
+    if on and _hook is not None and _hook.active and slot is _verified_slot:
+        return True
+    if not on and (_hook is None or not _hook.active):  # (an inactive one only passes through)
+        return True
+    if not force:
+        return False
     if on:
-        if _hook is not None and _hook.active and slot is _verified_slot:
-            return
         if _hook is not None and _reachable(_hook):
             _hook.active = True  # reactivated where it is
         else:
             _hook = StageHook(slot)
             _set_slot(_hook)
         _verified_slot = _slot()
-        return
+        return True
     _verified_slot = None
-    if _hook is None:
-        return
     if slot is _hook:
         _set_slot(_hook.previous)
         _hook = None
@@ -107,6 +110,7 @@ def follow(on: bool) -> None:
         _hook.active = False
         if not _reachable(_hook):
             _hook = None
+    return True
 
 
 def is_installed() -> bool:
@@ -137,18 +141,34 @@ def _wrap_stages(backend, stages, language) -> None:
 
 # --- module level ----------------------------------------------------------------------
 
-def score(text: str) -> Tuple[int, int]:
-    """(layout conversions that move data between threads, shared-memory allocations)."""
-    return (algebra.moving_conversions(text, Aliases.of(text.split("\n"))),
-            len(re.findall(r"\bttg\.local_alloc\b", text)))
+def score(module) -> Tuple[int, int, int]:
+    """(layout conversions that move data between threads, all layout conversions,
+    shared-memory allocations) in a TTGIR module."""
+    counts = {"ttg.convert_layout": 0, "ttg.local_alloc": 0}
+
+    def visit(op):
+        name = op.get_name()
+        if name in counts:
+            counts[name] += 1
+
+    module.walk(visit)
+    return algebra.moving_conversions(module), counts["ttg.convert_layout"], counts["ttg.local_alloc"]
+
+
+@functools.lru_cache(maxsize=1)
+def _context():
+    from triton._C.libtriton import ir, nvidia
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    nvidia.load_dialects(ctx)
+    return ctx
 
 
 def conversion_summary(ttgir: str) -> Dict[str, int]:
     """Counts in a TTGIR text: ``moving`` layout conversions (data crosses
     threads: shuffles or shared memory), ``register`` conversions (a permutation
     of a thread's registers, free), ``local_alloc`` (shared-memory buffers)."""
-    total = len(re.findall(r"\bttg\.convert_layout\b", ttgir))
-    moving, allocs = score(ttgir)
+    moving, total, allocs = score(parse(ttgir, _context()))
     return {"moving": moving, "register": total - moving, "local_alloc": allocs}
 
 
@@ -163,7 +183,7 @@ def rewrite_module(mod, policy: str):
     if rewrite.IR_MARKER not in text:
         return mod
     last_report.clear()
-    last_report.update(edits=[], accepted=False, before=score(text))
+    last_report.update(edits=[], accepted=False, before=score(mod))
     try:
         new_text, last_report["edits"] = rewrite.rewrite_ttgir(text, policy)
         if not last_report["edits"]:
@@ -174,21 +194,21 @@ def rewrite_module(mod, policy: str):
         if _debug():
             raise
         return mod
-    out = new.str()
-    last_report["after"] = score(out)
+    last_report["after"] = score(new)
     if _debug():
-        last_report["text"] = out
-    (before_moving, before_alloc), (after_moving, after_alloc) = last_report["before"], last_report["after"]
-    if after_moving < before_moving and after_alloc <= before_alloc:
+        last_report["text"] = new.str()
+    (before_moving, before_all, before_alloc), (after_moving, after_all, after_alloc) = (last_report["before"],
+                                                                                       last_report["after"])
+    # fewer conversions that move data, or as many and fewer conversions at all; no more shared memory
+    if (after_moving, after_all) < (before_moving, before_all) and after_alloc <= before_alloc:
         last_report["accepted"] = True
         return new
     return mod
 
 
-def parse_and_fold(text: str, ctx):
-    """Parse a TTGIR text into ``ctx`` and run Triton's own clean-up passes: the
-    inserted pointer/mask conversions fold into rematerialised address math."""
-    from triton._C.libtriton import ir, passes
+def parse(text: str, ctx):
+    """A TTGIR text -> Triton's ``ir.module`` in ``ctx`` (the bindings parse files only)."""
+    from triton._C.libtriton import ir
     fd, path = tempfile.mkstemp(suffix=".ttgir", prefix="triton_dequant_")
     try:
         with os.fdopen(fd, "w") as f:
@@ -197,6 +217,14 @@ def parse_and_fold(text: str, ctx):
     finally:
         os.unlink(path)
     new.context = ctx
+    return new
+
+
+def parse_and_fold(text: str, ctx):
+    """Parse a TTGIR text into ``ctx`` and run Triton's own clean-up passes: the
+    inserted pointer/mask conversions fold into rematerialised address math."""
+    from triton._C.libtriton import ir, passes
+    new = parse(text, ctx)
     pm = ir.pass_manager(ctx)
     pm.enable_debug()
     passes.ttgpuir.add_remove_layout_conversions(pm)
