@@ -253,7 +253,7 @@ _installed = False
 def _resolve(node, finder):
     """The Python object an ``a.b.c`` expression in a kernel names, or None."""
     if isinstance(node, ast.Name):
-        if node.id in finder.local_names:
+        if node.id in getattr(finder, "local_names", ()):  # (a local variable hides a global)
             return None
         return finder.globals.get(node.id, finder.nonlocals.get(node.id))
     if isinstance(node, ast.Attribute):
