@@ -242,55 +242,87 @@ def embedding_bag(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tens
 
 @torch.library.custom_op("triton_dequant::linear", mutates_args=())
 def _linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int,
-               group_size: int, packed_dim: int, signed: bool) -> torch.Tensor:
+               group_size: int, packed_dim: int, signed: bool, layout: str = "",
+               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     if x.device.type == "cuda":
         from .kernels import linear as lin
-        return lin.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed)
+        return lin.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed, layout=layout or None,
+                          bias=bias)
     from . import _cpu
-    return _cpu.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed)
+    if layout:  # prepacked codes read back as one code per 8-bit container
+        from . import layouts
+        qweight = layouts.plain_codes(qweight, layout, x.shape[-1], scale.shape[-1], signed)
+        nbit, packed_dim = 8, 0
+    return _cpu.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed, bias=bias)
 
 
 @_linear_op.register_fake
-def _(x, qweight, scale, shift, nbit, group_size, packed_dim, signed):
+def _(x, qweight, scale, shift, nbit, group_size, packed_dim, signed, layout="", bias=None):
+    if layout:
+        return x.new_empty((*x.shape[:-1], scale.shape[-1]))
     per = _CONTAINER_BITS[qweight.dtype] // nbit
     n = qweight.shape[1] * (per if packed_dim == 1 else 1)
     return x.new_empty((*x.shape[:-1], n))
 
 
 def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int,
-           group_size: Optional[int] = None, packed_dim: int = 0, signed: bool = False) -> torch.Tensor:
-    """Weight-only low-bit matmul ``x @ W``, ``W[k, n] = scale[g, n] * q[k, n] + shift[g, n]``.
+           group_size: Optional[int] = None, packed_dim: int = 0, signed: bool = False, *,
+           layout=None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weight-only low-bit matmul ``x @ W + bias``, ``W[k, n] = scale[g, n] * q[k, n] + shift[g, n]``.
 
     ``x``: ``[..., K]``, fp16/bf16 (CUDA and CPU) or fp32 (CPU only). ``qweight``: codes
     of the logical ``[K, N]`` weight packed along K (``packed_dim=0``: ``[K / PER, N]``)
-    or along N (``packed_dim=1``: ``[K, N / PER]``). ``scale``/``shift``: ``[N]`` per
+    or along N (``packed_dim=1``: ``[K, N / PER]``), or, with ``layout`` (a
+    :class:`triton_dequant.layouts.MmaLayout` or its name), prepacked by
+    :func:`triton_dequant.layouts.prepack` (int32 ``[N_tiles, K_tiles, words]``; K
+    is then taken from ``x`` and N from ``scale``). ``scale``/``shift``: ``[N]`` per
     output channel, or ``[K / group_size, N]`` per group of ``group_size`` rows of K.
-    Returns ``[..., N]`` of ``x.dtype``.
+    ``bias``: optional ``[N]``, added to the fp32 sums. Returns ``[..., N]`` of ``x.dtype``.
 
     Rounding: scale/shift are rounded to ``x.dtype``, then W is the exact
     ``scale * q + shift`` rounded once to ``x.dtype`` (fp32 for fp32 ``x``); the
     products are accumulated in fp32 and the result rounded once to ``x.dtype``.
-    On CUDA the Triton kernels do that. On the CPU W is dequantized exactly
+    On CUDA the Triton kernels do that (the per-channel default applies scale and
+    shift to the fp32 sums instead). On the CPU W is dequantized exactly
     (:func:`triton_dequant.reference.linear_weight` bit for bit) in blocks of K rows,
     each multiplied by torch's matmul (BLAS) into an fp32 accumulator; fp16/bf16 ``x``
     are computed in fp32 (x and W widen exactly) and the result rounded once."""
-    width = _check_container("qweight", qweight)
-    _check_nbit(nbit, width)
     if not isinstance(x, torch.Tensor) or x.dtype not in _OUT_DTYPES:
         raise TypeError(f"`x` must be a fp16, bf16 or (on the CPU) fp32 tensor, "
                         f"got {getattr(x, 'dtype', type(x).__name__)}")
+    lay = None
+    if layout is not None:
+        from . import layouts
+        try:
+            lay = layouts.as_layout(layout)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"`layout`: {e}") from None
+        if nbit != lay.nbit:
+            raise ValueError(f"`nbit` ({nbit!r}) must be the layout's ({lay.nbit}, {lay.name})")
+        if packed_dim != 0:
+            raise ValueError("`packed_dim` does not apply to prepacked weights (leave it 0)")
+        if x.dim() == 0:
+            raise ValueError("`x` must have at least one dimension")
+        if not isinstance(scale, torch.Tensor) or scale.dim() not in (1, 2):
+            raise ValueError("`scale` must be a [N] or [K / group_size, N] tensor")
+        K, N = x.shape[-1], scale.shape[-1]
+        lay.check_data(qweight, K, N)
+        per = lay.per
+    else:
+        width = _check_container("qweight", qweight)
+        _check_nbit(nbit, width)
+        if qweight.dim() != 2:
+            raise ValueError(f"`qweight` must be 2-D, got shape {list(qweight.shape)}")
+        if packed_dim not in (0, 1):
+            raise ValueError(f"`packed_dim` must be 0 (packed along K) or 1 (along N), got {packed_dim!r}")
+        per = width // nbit
+        K = qweight.shape[0] * (per if packed_dim == 0 else 1)
+        N = qweight.shape[1] * (per if packed_dim == 1 else 1)
+        if x.dim() == 0 or x.shape[-1] != K:
+            raise ValueError(f"`x` must have last dimension K={K} (from `qweight` {list(qweight.shape)} with "
+                             f"nbit={nbit}, packed_dim={packed_dim}), got shape {list(x.shape)}")
     if x.dtype == torch.float32 and x.device.type != "cpu":
         raise TypeError(f"`x` must be fp16 or bf16 on {x.device.type} (fp32 `x` is supported on the CPU only)")
-    if qweight.dim() != 2:
-        raise ValueError(f"`qweight` must be 2-D, got shape {list(qweight.shape)}")
-    if packed_dim not in (0, 1):
-        raise ValueError(f"`packed_dim` must be 0 (packed along K) or 1 (along N), got {packed_dim!r}")
-    per = width // nbit
-    K = qweight.shape[0] * (per if packed_dim == 0 else 1)
-    N = qweight.shape[1] * (per if packed_dim == 1 else 1)
-    if x.dim() == 0 or x.shape[-1] != K:
-        raise ValueError(f"`x` must have last dimension K={K} (from `qweight` {list(qweight.shape)} with "
-                         f"nbit={nbit}, packed_dim={packed_dim}), got shape {list(x.shape)}")
     for name, t in (("scale", scale), ("shift", shift)):
         if not isinstance(t, torch.Tensor) or t.dtype not in _OUT_DTYPES:
             raise TypeError(f"`{name}` must be a fp16/bf16/fp32 tensor")
@@ -303,10 +335,16 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: t
         group_size = K // groups if K % groups == 0 else 0
     if group_size <= 0 or group_size * groups != K:
         raise ValueError(f"`group_size` {group_size} x {groups} groups must equal K={K}")
-    if groups > 1 and group_size % per and packed_dim == 0:
+    if lay is None and groups > 1 and group_size % per and packed_dim == 0:
         raise ValueError(f"`group_size` ({group_size}) must be a multiple of the codes per element ({per})")
-    _same_device(x=x, qweight=qweight, scale=scale, shift=shift)
-    if _direct(x, qweight, scale, shift):
+    if lay is not None and groups > 1:
+        lay.check_group_size(group_size)
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype not in _OUT_DTYPES
+                             or tuple(bias.shape) != (N,)):
+        raise ValueError(f"`bias` must be a [N] fp16/bf16/fp32 tensor with N={N}, got "
+                         f"{getattr(bias, 'dtype', type(bias).__name__)} {list(getattr(bias, 'shape', []))}")
+    _same_device(x=x, qweight=qweight, scale=scale, shift=shift, bias=bias)
+    if _direct(x, qweight, scale, shift, bias):
         from .kernels import linear as lin
-        return lin.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed)
-    return _linear_op(x, qweight, scale, shift, nbit, group_size, packed_dim, signed)
+        return lin.linear(x, qweight, scale, shift, nbit, group_size, packed_dim, signed, layout=lay, bias=bias)
+    return _linear_op(x, qweight, scale, shift, nbit, group_size, packed_dim, signed, lay.name if lay else "", bias)

@@ -58,11 +58,11 @@ def group_scales(s_ptr, h_ptr, s_t, h_t, k_first, k_rows, row_mask, n, N, group_
     per-channel ``s_t``/``h_t`` the caller loaded before the loop (or 0.0 with
     ``SCALE_POST``). ``s``/``h`` are ``[groups, N]`` row-major."""
     if SCALE == SCALE_GROUP:
-        g = k_first // group_size
+        g = (k_first // group_size).to(tl.int64)
         s = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
         h = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
     elif SCALE == SCALE_GROUP_ROWS:
-        g = k_rows // group_size
+        g = (k_rows // group_size).to(tl.int64)
         gmask = row_mask[:, None] & (n < N)[None, :]
         s = tl.load(s_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
         h = tl.load(h_ptr + g[:, None] * N + n[None, :], mask=gmask, other=0.0)
@@ -89,11 +89,23 @@ def channel_scales(s_ptr, h_ptr, n, N, SCALE: tl.constexpr, EVEN_N: tl.constexpr
 
 
 @triton.jit
-def epilogue(part, xs, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
+def _bias(b_ptr, n, N, EVEN_N: tl.constexpr):
+    if EVEN_N:
+        b = tl.load(b_ptr + n)
+    else:
+        b = tl.load(b_ptr + n, mask=n < N, other=0.0)
+    return b.to(tl.float32)[None, :]
+
+
+@triton.jit
+def epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
              BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
-             SCALE: tl.constexpr, REDUCE: tl.constexpr, EVEN_N: tl.constexpr, DST: tl.constexpr):
+             SCALE: tl.constexpr, REDUCE: tl.constexpr, EVEN_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+             DST: tl.constexpr):
     """``part``: [BM, BN] fp32 partial of this CTA's K slice; ``xs``: [BM] sum of
-    ``x`` over the slice (``SCALE_POST``). Writes ``y`` (once per tile, by the last CTA)."""
+    ``x`` over the slice (``SCALE_POST``). Writes ``y = sum + bias`` (``HAS_BIAS``:
+    ``b_ptr`` [N], added in fp32 once, before the one rounding to ``DST``), once
+    per tile, by the last CTA."""
     m = pid_m * BM + tl.arange(0, BM)
     n = pid_n * BN + tl.arange(0, BN)
     if SCALE == SCALE_POST:
@@ -106,12 +118,14 @@ def epilogue(part, xs, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k
         s = s.to(DST).to(tl.float32)  # rounded to x.dtype first, like the reference
         h = h.to(DST).to(tl.float32)
         part = part * s[None, :] + xs[:, None] * h[None, :]
-    y_ptrs = y_ptr + m[:, None] * stride_ym + n[None, :]
+    y_ptrs = y_ptr + m.to(tl.int64)[:, None] * stride_ym + n[None, :]
     if EVEN_N:
         y_mask = (m < M)[:, None]
     else:
         y_mask = (m < M)[:, None] & (n < N)[None, :]
     if SPLIT == 1:
+        if HAS_BIAS:
+            part = part + _bias(b_ptr, n, N, EVEN_N)
         tl.store(y_ptrs, part.to(DST), mask=y_mask)
     else:
         tile = pid_m * n_tiles + pid_n
@@ -133,6 +147,8 @@ def epilogue(part, xs, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k
             else:
                 tot = tl.load(ws_tile + offs, cache_modifier=".cg")
                 tl.store(ws_tile + offs, tl.zeros([BM, BN], dtype=tl.float32))
+            if HAS_BIAS:
+                tot = tot + _bias(b_ptr, n, N, EVEN_N)
             tl.store(y_ptrs, tot.to(DST), mask=y_mask)
             tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
 
@@ -144,6 +160,6 @@ def xsum(x_ptr, m, stride_xm, M, k_lo, k_hi, n_it, BM: tl.constexpr, XB: tl.cons
     acc = tl.zeros([BM, XB], dtype=tl.float32)
     for it in range(0, n_it):
         k = k_lo + it * XB + tl.arange(0, XB)
-        acc += tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=(m < M)[:, None] & (k < k_hi)[None, :],
-                       other=0.0).to(tl.float32)
+        acc += tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :],
+                       mask=(m < M)[:, None] & (k < k_hi)[None, :], other=0.0).to(tl.float32)
     return tl.sum(acc, axis=1)

@@ -1,7 +1,21 @@
 """Launch rules of the weight-only matmul in one place: the :class:`Config` a call
-runs with (:func:`default_config`, a small table fed by the sweep in
-``bench/linear.py``), what the kernels accept (:func:`check_config`) and the
-scale mode a config implies (:func:`scale_mode`)."""
+runs with (:func:`default_config` for plain weights, :func:`prepacked_config` for
+prepacked ones; small tables fed by the sweep in ``bench/linear.py``), what the
+kernels accept (:func:`check_config`) and the scale mode a config implies
+(:func:`scale_mode`).
+
+**Routing** (plain weights, :func:`default_config`): M <= 4 the GEMV ("gemv");
+``4 < M < DEQUANT_MIN_M`` the tensor-core kernel on the plain layout ("mm",
+:mod:`._mma`: the dequantized tile goes through shared memory); from
+``DEQUANT_MIN_M`` on, dequantize once into a ``[K, N]`` x.dtype buffer and call
+cuBLAS (``torch.matmul``; "dequant"): at large M the matmul is compute bound and
+cuBLAS's fp16 GEMM beats a dequantizing kernel whose weight tile takes a
+shared-memory round trip, while the dequant pass costs one read of the packed
+weight and one write of the fp16 one. Prepacking on the fly is never done per
+call (it costs more than the matmul); layers that hold prepacked weights run
+:mod:`._mma_prepacked` at every M ("prepacked", :func:`prepacked_config`).
+``DEQUANT_MIN_M`` is a guess until the H200 benchmark measures the crossover
+(``bench/linear.py`` times the three paths side by side)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -12,6 +26,8 @@ import triton
 from ._common import SCALE_CHANNEL, SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
 
 DOT16_PER = (2, 4, 8, 16)  # codes per container the GEMV takes when packed along K
+DEQUANT_MIN_M = 256        # plain weights: dequantize + cuBLAS from this M on (see the module docstring)
+KERNELS = ("gemv", "mm", "prepacked", "dequant")
 
 
 def xshift(nbit: int, per: int, signed: bool) -> int:
@@ -23,9 +39,12 @@ def xshift(nbit: int, per: int, signed: bool) -> int:
 
 @dataclass(frozen=True)
 class Config:
-    """Launch parameters. ``kernel``: "gemv" or "mm". ``bk``: GEMV: container rows
-    per tile (``bk * PER`` values of K when packed along K, ``bk`` rows of K
-    otherwise); mm: values of K per tile. ``split``: K slices (1 = no split-K).
+    """Launch parameters. ``kernel``: "gemv", "mm", "prepacked" (weights in an
+    :class:`~triton_dequant.layouts.MmaLayout`; ``bn``/``bk`` are the layout's) or
+    "dequant" (dequantize + ``torch.matmul``; no other field used). ``bk``: GEMV:
+    container rows per tile (``bk * PER`` values of K when packed along K, ``bk``
+    rows of K otherwise); mm: values of K per tile. ``bm``: rows of x (tokens)
+    per tile. ``split``: K slices (1 = no split-K).
     ``post``: per-channel scale/shift after the reduction (SCALE 0) instead of in
     the dequant asm. ``dot16``: GEMV fp16x2 container dot products (fp16 only).
     ``reduce``: 1 partials + last-CTA sum (deterministic), 2 fp32 atomics."""
@@ -66,9 +85,11 @@ def default_config(M: int, K: int, N: int, nbit: int, width: int, packed_dim: in
     elements than the CTA has threads, else Triton routes it through shared
     memory every step). K split so that the grid has ~4 CTAs per SM: all resident
     at once (<= 80 registers), several loads in flight per SM, one launch.
-    mm (M > 4): BM 16..128 x 128 x 128 tiles, split-K while the grid is below
-    two CTAs per SM."""
+    mm (4 < M < DEQUANT_MIN_M): BM 16..128 x 128 x 128 tiles, split-K while the
+    grid is below two CTAs per SM. dequant: M >= DEQUANT_MIN_M."""
     per = width // nbit
+    if M >= DEQUANT_MIN_M:
+        return Config("dequant")
     if gemv_supported(M, per, packed_dim):
         bm = triton.next_power_of_2(M)
         if packed_dim == 0:
@@ -101,10 +122,46 @@ def default_config(M: int, K: int, N: int, nbit: int, width: int, packed_dim: in
                   num_stages=3 if M > 16 else 2, post=True, dot16=False, reduce=1)
 
 
-def check_config(cfg: Config, per: int, packed_dim: int, dtype, nbit: int, signed: bool, groups: int) -> Config:
-    """Clamp a config to what the kernels support for this problem."""
-    if cfg.kernel not in ("gemv", "mm"):
-        raise ValueError(f"config.kernel must be 'gemv' or 'mm', got {cfg.kernel!r}")
+def prepacked_config(M: int, K: int, N: int, layout, dtype: torch.dtype, sms: int = 132) -> Config:
+    """The launch table of :mod:`._mma_prepacked` (the tile ``BN x BK`` is the layout's).
+
+    ``bm`` (tokens per tile, the MMA's N): the next power of two >= M in 16..128
+    (sm80: at most 32; with ``BN = 128`` and 4 warps Triton's MMAv2 splits warps
+    along the tokens from ``bm = 64`` on, which would duplicate the weight operand
+    and route it through shared memory). Above 128 tokens more m-tiles (their
+    CTAs run side by side: the weights are read from L2). 8 warps for ``bm = 128``
+    where the layout's bytes allow it (accumulator registers). Split-K while the
+    grid is below two CTAs per SM (M = 16 at 8192^2: 64 tiles -> 4 slices).
+    3 stages of cp.async (2 for ``bm = 16``)."""
+    cap = 32 if layout.arch == "sm80" else 128
+    bm = min(cap, max(16, triton.next_power_of_2(M)))
+    warps = layout.num_warps
+    if bm >= 128 and 8 in layout.compatible_warps():
+        warps = 8
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, layout.bn)
+    k_tiles = triton.cdiv(K, layout.bk)
+    split = max(1, min(_pow2_floor(2 * sms // tiles), k_tiles, 16)) if tiles < 2 * sms else 1
+    return Config("prepacked", bm=bm, bk=layout.bk, bn=layout.bn, split=split, num_warps=warps,
+                  num_stages=2 if bm <= 16 else 3, post=True, dot16=False, reduce=1)
+
+
+def check_config(cfg: Config, per: int, packed_dim: int, dtype, nbit: int, signed: bool, groups: int,
+                 layout=None) -> Config:
+    """Clamp a config to what the kernels support for this problem (``layout``: the
+    weights' :class:`~triton_dequant.layouts.MmaLayout`, None for plain weights)."""
+    if cfg.kernel not in KERNELS:
+        raise ValueError(f"config.kernel must be one of {', '.join(map(repr, KERNELS))}, got {cfg.kernel!r}")
+    if (cfg.kernel == "prepacked") != (layout is not None):
+        raise ValueError(f"config.kernel {cfg.kernel!r} does not match the weights' layout "
+                         f"({'plain' if layout is None else layout.name}): prepacked weights take 'prepacked'")
+    if cfg.kernel == "dequant":
+        return cfg
+    if cfg.kernel == "prepacked":
+        if cfg.bm < 16 or cfg.bm & (cfg.bm - 1):
+            raise ValueError(f"config.bm must be a power of two >= 16 for prepacked weights, got {cfg.bm}")
+        if cfg.split < 1:
+            raise ValueError(f"config.split must be >= 1, got {cfg.split}")
+        return replace(cfg, bn=layout.bn, bk=layout.bk, dot16=False, post=cfg.post and groups == 1)
     if cfg.kernel == "gemv" and (cfg.bm > 4 or (packed_dim == 0 and per not in DOT16_PER)):
         raise ValueError(f"the GEMV kernel takes bm <= 4 and, packed along K, 2, 4, 8 or 16 codes per "
                          f"container (got bm={cfg.bm}, {per})")

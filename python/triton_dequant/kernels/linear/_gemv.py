@@ -188,13 +188,13 @@ def stack_rows(p0, p1, p2, p3, BM: tl.constexpr):
 
 
 @triton.jit
-def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
+def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 M, N, K, stride_xm, stride_ym, group_size, iters, n_tiles,
                 NBIT: tl.constexpr, PER: tl.constexpr, PACKED: tl.constexpr, SIGNED: tl.constexpr,
                 BM: tl.constexpr, BKR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
                 SCALE: tl.constexpr, MODE: tl.constexpr, XSHIFT: tl.constexpr, REDUCE: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, UNPACK: tl.constexpr, STAGES: tl.constexpr,
-                ITERS: tl.constexpr, PREFETCH: tl.constexpr):
+                ITERS: tl.constexpr, PREFETCH: tl.constexpr, HAS_BIAS: tl.constexpr):
     """``y[m-tile, n-tile]`` over K slice ``pid_k`` (1-D grid, slices fastest).
 
     PACKED 0: tiles of ``BKR`` container rows (``BKR * PER`` values of K) x ``BN``
@@ -249,14 +249,14 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             qs = split_codes(tl.permute(q, [0, 2, 1]), PER)
             kmask = kw < KR
             if BM == 1 and EVEN_K:
-                acc0 = row_dot(acc0, qs, xi_ptr, m0 * sxw, kw, None, PER, MODE, DST, XSHIFT)
+                acc0 = row_dot(acc0, qs, xi_ptr, m0.to(tl.int64) * sxw, kw, None, PER, MODE, DST, XSHIFT)
             else:
-                acc0 = row_dot(acc0, qs, xi_ptr, m0 * sxw, kw, kmask & (m0 < M), PER, MODE, DST, XSHIFT)
+                acc0 = row_dot(acc0, qs, xi_ptr, m0.to(tl.int64) * sxw, kw, kmask & (m0 < M), PER, MODE, DST, XSHIFT)
             if BM >= 2:
-                acc1 = row_dot(acc1, qs, xi_ptr, (m0 + 1) * sxw, kw, kmask & (m0 + 1 < M), PER, MODE, DST, XSHIFT)
+                acc1 = row_dot(acc1, qs, xi_ptr, (m0 + 1).to(tl.int64) * sxw, kw, kmask & (m0 + 1 < M), PER, MODE, DST, XSHIFT)
             if BM >= 4:
-                acc2 = row_dot(acc2, qs, xi_ptr, (m0 + 2) * sxw, kw, kmask & (m0 + 2 < M), PER, MODE, DST, XSHIFT)
-                acc3 = row_dot(acc3, qs, xi_ptr, (m0 + 3) * sxw, kw, kmask & (m0 + 3 < M), PER, MODE, DST, XSHIFT)
+                acc2 = row_dot(acc2, qs, xi_ptr, (m0 + 2).to(tl.int64) * sxw, kw, kmask & (m0 + 2 < M), PER, MODE, DST, XSHIFT)
+                acc3 = row_dot(acc3, qs, xi_ptr, (m0 + 3).to(tl.int64) * sxw, kw, kmask & (m0 + 3 < M), PER, MODE, DST, XSHIFT)
     else:
         BNW: tl.constexpr = BN // PER
         NW = N // PER
@@ -274,15 +274,15 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
             s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, r0, k, k < K, n, N, group_size, SCALE)
             q = UNPACK(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE).to(tl.float32)  # [BKR, BN]
             kmask = k < K
-            xv = tl.load(x_ptr + m0 * stride_xm + k, mask=kmask & (m0 < M), other=0.0)
+            xv = tl.load(x_ptr + m0.to(tl.int64) * stride_xm + k, mask=kmask & (m0 < M), other=0.0)
             acc0 += q * xv.to(tl.float32)[:, None]
             if BM >= 2:
-                xv = tl.load(x_ptr + (m0 + 1) * stride_xm + k, mask=kmask & (m0 + 1 < M), other=0.0)
+                xv = tl.load(x_ptr + (m0 + 1).to(tl.int64) * stride_xm + k, mask=kmask & (m0 + 1 < M), other=0.0)
                 acc1 += q * xv.to(tl.float32)[:, None]
             if BM >= 4:
-                xv = tl.load(x_ptr + (m0 + 2) * stride_xm + k, mask=kmask & (m0 + 2 < M), other=0.0)
+                xv = tl.load(x_ptr + (m0 + 2).to(tl.int64) * stride_xm + k, mask=kmask & (m0 + 2 < M), other=0.0)
                 acc2 += q * xv.to(tl.float32)[:, None]
-                xv = tl.load(x_ptr + (m0 + 3) * stride_xm + k, mask=kmask & (m0 + 3 < M), other=0.0)
+                xv = tl.load(x_ptr + (m0 + 3).to(tl.int64) * stride_xm + k, mask=kmask & (m0 + 3 < M), other=0.0)
                 acc3 += q * xv.to(tl.float32)[:, None]
     part = stack_rows(tl.sum(acc0, axis=0), tl.sum(acc1, axis=0), tl.sum(acc2, axis=0), tl.sum(acc3, axis=0), BM)
     if XSHIFT > 0:
@@ -295,5 +295,5 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
                   ((ITERS if ITERS > 0 else iters) * KSPAN + XB - 1) // XB, BM, XB)
     else:
         xs = tl.zeros([BM], dtype=tl.float32)
-    epilogue(part, xs, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
-              BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, DST)
+    epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
+             BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)

@@ -14,12 +14,13 @@ from ._common import SCALE_POST, channel_scales, epilogue, group_scales
 
 
 @triton.jit
-def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
+def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
               M, N, K, stride_xm, stride_ym, group_size, iters, n_tiles,
               NBIT: tl.constexpr, PER: tl.constexpr, PACKED: tl.constexpr, SIGNED: tl.constexpr,
               BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
               SCALE: tl.constexpr, REDUCE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-              UNPACK: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr, ASM: tl.constexpr):
+              UNPACK: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr, ASM: tl.constexpr,
+              HAS_BIAS: tl.constexpr):
     """``y[m-tile, n-tile]`` over K slice ``pid_k``: ``[BM, BK] x [BK, BN]`` steps,
     the weight tile dequantized in registers, ``tl.dot`` with an fp32 accumulator."""
     DST: tl.constexpr = x_ptr.dtype.element_ty
@@ -45,9 +46,9 @@ def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
         k0 = (t0 + it) * BK
         k = k0 + tl.arange(0, BK)
         if EVEN_K:
-            xv = tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=(m < M)[:, None], other=0.0)
+            xv = tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :], mask=(m < M)[:, None], other=0.0)
         else:
-            xv = tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=(m < M)[:, None] & (k < K)[None, :],
+            xv = tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :], mask=(m < M)[:, None] & (k < K)[None, :],
                         other=0.0)
         if PACKED == 0:
             r0 = (t0 + it) * BKW
@@ -78,5 +79,5 @@ def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr,
         if SCALE == SCALE_POST:
             xacc += xv.to(tl.float32)
     xs = tl.sum(xacc, axis=1)
-    epilogue(acc, xs, s_ptr, h_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
-             BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, DST)
+    epilogue(acc, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
+             BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)
