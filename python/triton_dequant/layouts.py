@@ -30,6 +30,7 @@ package) takes the bits of the tile offsets ``(n, k)`` in the order of
 
     [ j: log2 PER | w: log2 VEC | lane: 5 | warp: log2 num_warps | rep ]
 
+(``rep``: the N bits above the warps first, then the rest in the same order.)
 That is how a 1-D blocked load of the tile (``VEC`` consecutive words per thread,
 16 bytes at most: Triton's coalescing limit) followed by ``tl.dequantize`` (the
 ``PER`` codes of a word in consecutive registers of its thread) spreads ``f``
@@ -240,6 +241,39 @@ class MmaLayout:
                 pass
         return tuple(out)
 
+    # --- the in-kernel relabeling (constexprs of :func:`unshuffle` / :func:`word_offsets`) ---------
+    def unshuffle_shape(self) -> Tuple[int, ...]:
+        """The flat f index viewed as its runs of bits (most significant first),
+        padded to ``RANK`` dims with leading 1s."""
+        r = _runs(self.code_bits)
+        return (1,) * (RANK - len(r)) + tuple(1 << ln for _, _, ln in reversed(r))
+
+    def unshuffle_perm(self) -> Tuple[int, ...]:
+        """Permutation of :meth:`unshuffle_shape`'s dims into (runs of n, most
+        significant first; then the runs of k): then a reshape gives ``[BN, BK]``."""
+        r = _runs(self.code_bits)
+        pad = RANK - len(r)
+        order = sorted(range(len(r)), key=lambda i: (r[i][0] != "n", -r[i][1]))
+        return tuple(range(pad)) + tuple(pad + len(r) - 1 - i for i in order)
+
+    def word_runs(self, axis: str) -> Tuple[int, ...]:
+        """``(src, dst, mask)`` x 6 (unused triples zero): the bits of a word index
+        that belong to ``axis`` ("n" or "k") and where they go in the tile offset."""
+        lp = _log2(self.per)
+        out = []
+        for i, (ax, b) in enumerate(self.code_bits):
+            if i < lp or ax != axis:
+                continue
+            if out and out[-1][0] + out[-1][2] == i - lp and out[-1][1] + out[-1][2] == b:
+                out[-1][2] += 1
+            else:
+                out.append([i - lp, b, 1])
+        assert len(out) <= 6, out
+        flat = []
+        for src, dst, ln in out + [[0, 0, 0]] * (6 - len(out)):
+            flat += [src, dst, (1 << ln) - 1]
+        return tuple(flat)
+
     # --- index maps ----------------------------------------------------------------------------
     def offsets(self, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(n, k)`` offsets inside the tile of every flat code index ``f`` (int64 ``[BN*BK]``)."""
@@ -308,7 +342,11 @@ def _code_bits(layout: MmaLayout) -> Tuple[Bit, ...]:
     ob = layout.operand_bits
     regs = sorted(ob["reg"], key=lambda b: (b[0] != "k", b[1]))  # K bits ascending, then N ascending
     nreg = _log2(layout.per) + _log2(layout.vec)
-    return tuple(regs[:nreg] + ob["lane"] + ob["warp"] + regs[nreg:])
+    # repetitions: the N bits above the warps first, so that with twice the warps
+    # (where those bits become warp bits) the same bytes serve (compatible_warps)
+    top = 4 + _log2(layout.num_warps)
+    reps = sorted(regs[nreg:], key=lambda b: not (b[0] == "n" and b[1] >= top))
+    return tuple(regs[:nreg] + ob["lane"] + ob["warp"] + reps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,10 +381,12 @@ def mma_layout(arch, nbit: int, bn: int = 128, bk: int = 64, num_warps: int = 4)
 
 
 def default_layout(arch, nbit: int) -> MmaLayout:
-    """The layout the shipped kernel is tuned for: ``128 x 64`` tiles of 4 warps
-    (the same bytes serve 8-warp kernels where :meth:`MmaLayout.compatible_warps`
-    says so)."""
-    return mma_layout(arch, nbit, 128, 64, 4)
+    """The layout the shipped kernel is tuned for: ``128 x 64`` tiles of 4 warps,
+    ``128 x 128`` for int2. Their bytes serve 8-warp kernels too
+    (:meth:`MmaLayout.compatible_warps`: the launch table's ``bm = 128`` tiles);
+    an int2 ``128 x 64`` tile would not (4 warps load 4 words per thread, 8
+    warps 2)."""
+    return mma_layout(arch, nbit, 128, 128 if nbit == 2 else 64, 4)
 
 
 def as_layout(layout) -> MmaLayout:
@@ -412,42 +452,31 @@ def from_awq(qweight, qzeros, scales, layout, *, nbit: int = 4):
 
 
 # --- the in-kernel side ------------------------------------------------------------------------------
+# (constexpr functions: Triton's cache-key walker accepts only jit/constexpr functions and
+# classes by name in their bodies, so the host helpers are reached through the layout object)
+
+@triton.constexpr_function
+def _layout(name):
+    """The layout of a :attr:`MmaLayout.name` ("mma_sm90_4b_n128k64w4"), parsed with str methods only."""
+    _, arch, nb, tile = name.split("_")
+    bn, rest = tile[1:].split("k")
+    bk, warps = rest.split("w")
+    return MmaLayout(arch, int(nb[:-1]), int(bn), int(bk), int(warps))
+
 
 @triton.constexpr_function
 def _shape(name):
-    """Shape (most significant run first, padded to RANK with 1) viewing the flat f index as runs."""
-    r = _runs(_from_name(name).code_bits)
-    return (1,) * (RANK - len(r)) + tuple(1 << ln for _, _, ln in reversed(r))
+    return _layout(name).unshuffle_shape()
 
 
 @triton.constexpr_function
 def _perm(name):
-    """Permutation of :func:`_shape`'s dims to (runs of n, most significant first; then runs of k)."""
-    r = _runs(_from_name(name).code_bits)
-    pad = RANK - len(r)
-    order = sorted(range(len(r)), key=lambda i: (r[i][0] != "n", -r[i][1]))
-    return tuple(range(pad)) + tuple(pad + len(r) - 1 - i for i in order)
+    return _layout(name).unshuffle_perm()
 
 
 @triton.constexpr_function
 def _word_runs(name, axis):
-    """(src, dst, mask) triples (6 of them, unused ones zero) moving the bits of a
-    word index that belong to ``axis`` to their place in the tile offset."""
-    L = _from_name(name)
-    lp = _log2(L.per)
-    out = []
-    for i, (ax, b) in enumerate(L.code_bits):
-        if i < lp or ax != axis:
-            continue
-        if out and out[-1][0] + out[-1][2] == i - lp and out[-1][1] + out[-1][2] == b:
-            out[-1][2] += 1
-        else:
-            out.append([i - lp, b, 1])
-    assert len(out) <= 6, out
-    flat = []
-    for src, dst, ln in out + [[0, 0, 0]] * (6 - len(out)):
-        flat += [src, dst, (1 << ln) - 1]
-    return tuple(flat)
+    return _layout(name).word_runs(axis)
 
 
 @triton.jit

@@ -77,12 +77,12 @@ BUDGET = {("gemv", 8): 4.0, ("gemv", 4): 3.6, ("gemv", 2): 3.0, ("mm", 4): 5.0}
 
 def build(a):
     per = 32 // a.nbit
-    sig = {"x_ptr": "*fp16", "w_ptr": "*i32", "s_ptr": "*fp16", "h_ptr": "*fp16", "y_ptr": "*fp16",
+    sig = {"x_ptr": "*fp16", "w_ptr": "*i32", "s_ptr": "*fp16", "h_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16",
            "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
            "stride_ym": "i32", "group_size": "i32", "iters": "i32", "n_tiles": "i32"}
     c = dict(NBIT=a.nbit, PER=per, PACKED=a.packed, SIGNED=False, BM=a.bm, BN=a.bn, SPLIT=a.split,
-             SPLIT_P2=triton.next_power_of_2(a.split), SCALE=a.scale, REDUCE=1, EVEN_K=True, EVEN_N=True,
-             UNPACK=kl._common.unpack, STAGES=a.stages, ITERS=0)
+             SCALE=a.scale, REDUCE=1, EVEN_K=True, EVEN_N=True,
+             UNPACK=kl._common.unpack, STAGES=a.stages, ITERS=0, HAS_BIAS=False)
     if a.kernel == "gemv":
         fn = kl.gemv_kernel
         xshift = kl.xshift(a.nbit, per, False) if a.scale == 0 else 0
@@ -93,7 +93,7 @@ def build(a):
         c.update(BK=a.bk, ASM=True)
         weights = a.bk * a.bn // (32 * a.num_warps)
     # pointers, N, K and the x/y row strides 16-divisible, as for 8192 x 8192 torch tensors
-    k = compile_for(fn, sig, c, num_warps=a.num_warps, num_stages=1, aligned=(0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11))
+    k = compile_for(fn, sig, c, num_warps=a.num_warps, num_stages=1, aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12))
     return k, weights
 
 

@@ -118,8 +118,7 @@ def _plan(cfg: Config, M: int, K: int, N: int, nbit: int, width: int, packed_dim
     n_tiles = triton.cdiv(N, bn)
     m_tiles = triton.cdiv(M, bm)
     mode = scale_mode(cfg.post, groups, group_size, k_span)
-    kw = dict(NBIT=nbit, SIGNED=bool(signed), BM=bm, BN=bn, SPLIT=split,
-              SPLIT_P2=triton.next_power_of_2(split), SCALE=mode, REDUCE=cfg.reduce,
+    kw = dict(NBIT=nbit, SIGNED=bool(signed), BM=bm, BN=bn, SPLIT=split, SCALE=mode, REDUCE=cfg.reduce,
               EVEN_K=rows % cfg.bk == 0 and split * iters == k_tiles, EVEN_N=N % bn == 0, UNPACK=unpack,
               STAGES=cfg.num_stages, ITERS=iters if interp else 0, HAS_BIAS=bool(has_bias), num_warps=cfg.num_warps)
     if cfg.kernel == "prepacked":

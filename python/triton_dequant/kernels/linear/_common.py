@@ -99,7 +99,7 @@ def _bias(b_ptr, n, N, EVEN_N: tl.constexpr):
 
 @triton.jit
 def epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
-             BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
              SCALE: tl.constexpr, REDUCE: tl.constexpr, EVEN_N: tl.constexpr, HAS_BIAS: tl.constexpr,
              DST: tl.constexpr):
     """``part``: [BM, BN] fp32 partial of this CTA's K slice; ``xs``: [BM] sum of
@@ -139,11 +139,10 @@ def epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n
         tl.debug_barrier()  # every thread's partial precedes the release below
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT - 1:
-            if REDUCE == REDUCE_PARTIALS:
-                sl = tl.arange(0, SPLIT_P2)[:, None, None]
-                allp = tl.load(ws_tile + sl * (BM * BN) + offs[None, :, :], mask=sl < SPLIT, other=0.0,
-                               cache_modifier=".cg")
-                tot = tl.sum(allp, axis=0)
+            if REDUCE == REDUCE_PARTIALS:  # one [BM, BN] partial at a time (registers), fixed order
+                tot = tl.load(ws_tile + offs, cache_modifier=".cg")
+                for p in tl.static_range(1, SPLIT):
+                    tot += tl.load(ws_tile + p * (BM * BN) + offs, cache_modifier=".cg")
             else:
                 tot = tl.load(ws_tile + offs, cache_modifier=".cg")
                 tl.store(ws_tile + offs, tl.zeros([BM, BN], dtype=tl.float32))

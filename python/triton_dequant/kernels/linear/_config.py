@@ -130,14 +130,17 @@ def prepacked_config(M: int, K: int, N: int, layout, dtype: torch.dtype, sms: in
     along the tokens from ``bm = 64`` on, which would duplicate the weight operand
     and route it through shared memory). Above 128 tokens more m-tiles (their
     CTAs run side by side: the weights are read from L2). 8 warps for ``bm = 128``
-    where the layout's bytes allow it (accumulator registers). Split-K while the
+    where the layout's bytes allow it (accumulator registers), else ``bm = 64``. Split-K while the
     grid is below two CTAs per SM (M = 16 at 8192^2: 64 tiles -> 4 slices).
     3 stages of cp.async (2 for ``bm = 16``)."""
     cap = 32 if layout.arch == "sm80" else 128
     bm = min(cap, max(16, triton.next_power_of_2(M)))
     warps = layout.num_warps
-    if bm >= 128 and 8 in layout.compatible_warps():
-        warps = 8
+    if bm >= 128:
+        if 8 in layout.compatible_warps():
+            warps = 8
+        elif warps == 4:
+            bm = 64  # a 128 x 128 fp32 accumulator on 4 warps spills
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, layout.bn)
     k_tiles = triton.cdiv(K, layout.bk)
     split = max(1, min(_pow2_floor(2 * sms // tiles), k_tiles, 16)) if tiles < 2 * sms else 1

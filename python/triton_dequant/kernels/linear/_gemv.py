@@ -191,7 +191,7 @@ def stack_rows(p0, p1, p2, p3, BM: tl.constexpr):
 def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 M, N, K, stride_xm, stride_ym, group_size, iters, n_tiles,
                 NBIT: tl.constexpr, PER: tl.constexpr, PACKED: tl.constexpr, SIGNED: tl.constexpr,
-                BM: tl.constexpr, BKR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
+                BM: tl.constexpr, BKR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
                 SCALE: tl.constexpr, MODE: tl.constexpr, XSHIFT: tl.constexpr, REDUCE: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, UNPACK: tl.constexpr, STAGES: tl.constexpr,
                 ITERS: tl.constexpr, PREFETCH: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -296,4 +296,4 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     else:
         xs = tl.zeros([BM], dtype=tl.float32)
     epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
-             BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)
+             BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)

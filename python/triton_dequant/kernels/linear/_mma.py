@@ -17,7 +17,7 @@ from ._common import SCALE_POST, channel_scales, epilogue, group_scales
 def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
               M, N, K, stride_xm, stride_ym, group_size, iters, n_tiles,
               NBIT: tl.constexpr, PER: tl.constexpr, PACKED: tl.constexpr, SIGNED: tl.constexpr,
-              BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr,
+              BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
               SCALE: tl.constexpr, REDUCE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
               UNPACK: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr, ASM: tl.constexpr,
               HAS_BIAS: tl.constexpr):
@@ -80,4 +80,4 @@ def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
             xacc += xv.to(tl.float32)
     xs = tl.sum(xacc, axis=1)
     epilogue(acc, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
-             BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)
+             BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)

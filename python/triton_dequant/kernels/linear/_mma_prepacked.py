@@ -54,7 +54,7 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
                          M, N, K, stride_xm, stride_ym, group_size, iters, n_tiles, k_tiles,
                          NBIT: tl.constexpr, SIGNED: tl.constexpr, LAYOUT: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                         SPLIT: tl.constexpr, SPLIT_P2: tl.constexpr, SCALE: tl.constexpr, SUB: tl.constexpr,
+                         SPLIT: tl.constexpr, SCALE: tl.constexpr, SUB: tl.constexpr,
                          KTOP: tl.constexpr, REDUCE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                          HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr,
                          ASM: tl.constexpr):
@@ -142,4 +142,4 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
     else:
         xs = tl.zeros([BM], dtype=tl.float32)
     epilogue(tl.trans(acc), xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N,
-             stride_ym, BM, BN, SPLIT, SPLIT_P2, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)
+             stride_ym, BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)

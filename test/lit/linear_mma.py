@@ -1,0 +1,125 @@
+# The tensor-core kernel on prepacked weights (kernels.linear._mma_prepacked)
+# compiled on the CPU at the launch table's configs (prepacked_config, K = N =
+# 8192) for sm_90 and sm_80: tensor-core instructions in the main loop (HGMMA /
+# HMMA), the weights arrive by cp.async (LDGSTS) and never go to shared memory
+# from registers (no STS / STSM in the loop), no layout conversion through shared
+# memory in TTGIR, no local memory (spills), and the registers and SASS
+# instructions per weight of the loop printed (and bounded).
+#
+# int4 fp16 per channel (codes into the MMA, scale after the loop) at M = 16, 64, 128:
+# RUN: %python %s --arch 90 --m 16 > %t.a && FileCheck %s --check-prefixes=CHECK,H < %t.a
+# RUN: %python %s --arch 90 --m 64 > %t.b && FileCheck %s --check-prefixes=CHECK,H < %t.b
+# RUN: %python %s --arch 90 --m 128 > %t.c && FileCheck %s --check-prefixes=CHECK,H < %t.c
+# RUN: %python %s --arch 80 --m 16 > %t.d && FileCheck %s --check-prefixes=CHECK,A < %t.d
+# RUN: %python %s --arch 80 --m 64 > %t.e && FileCheck %s --check-prefixes=CHECK,A < %t.e
+# RUN: %python %s --arch 80 --m 128 > %t.f && FileCheck %s --check-prefixes=CHECK,A < %t.f
+# int4 g128 (the bench's case), bf16, signed, inside-asm per channel, int8, int2 (g32: half words), g32:
+# RUN: %python %s --arch 90 --m 16 --group 128 > %t.g && FileCheck %s --check-prefixes=CHECK,H < %t.g
+# RUN: %python %s --arch 90 --m 64 --group 128 --dtype bf16 > %t.h && FileCheck %s --check-prefixes=CHECK,H < %t.h
+# RUN: %python %s --arch 80 --m 16 --group 128 --dtype bf16 --signed > %t.i && FileCheck %s --check-prefixes=CHECK,A < %t.i
+# RUN: %python %s --arch 90 --m 16 --group 32 --nbit 8 > %t.j && FileCheck %s --check-prefixes=CHECK,H < %t.j
+# RUN: %python %s --arch 90 --m 16 --group 32 --nbit 2 > %t.k && FileCheck %s --check-prefixes=CHECK,H,SUB2 < %t.k
+# RUN: %python %s --arch 80 --m 16 --group 32 > %t.l && FileCheck %s --check-prefixes=CHECK,A < %t.l
+# RUN: %python %s --arch 90 --m 16 --inside --bias > %t.m && FileCheck %s --check-prefixes=CHECK,H < %t.m
+# RUN: %python %s --arch 80 --m 64 --nbit 8 --group 64 > %t.n && FileCheck %s --check-prefixes=CHECK,A < %t.n
+# RUN: %python %s --arch 90 --m 256 --nbit 2 > %t.o && FileCheck %s --check-prefixes=CHECK,H < %t.o
+
+# CHECK: layout: mma_sm{{[89]}}0_{{[248]}}b_n128k64w4
+# CHECK: // triton_dequant nbit={{[248]}} width={{16|32}} dst={{fp16|bf16}}
+# SUB2: // triton_dequant nbit=2 width=16
+# H: wgmma.mma_async.sync.aligned
+# A: mma.sync.aligned.m16n8k16.row.col.f32
+# CHECK: ttgir: dot_op kWidth={{[24]}} convert_layout_via_smem=0
+# CHECK: sass: registers={{[0-9]+}} local=0
+# H: sass loop: {{.*}} HGMMA={{[1-9][0-9]*}} HMMA=0 STS=0 STSM=0 LDGSTS={{[1-9][0-9]*}}
+# A: sass loop: {{.*}} HGMMA=0 HMMA={{[1-9][0-9]*}} STS=0 STSM=0 LDGSTS={{[1-9][0-9]*}}
+# CHECK: budget: ok
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+
+import torch
+import triton
+
+from linear import BIN, main_loop, op, sass_of
+from lit_utils import compile_for
+from triton_dequant import layouts
+from triton_dequant.kernels import linear as kl
+from triton_dequant.kernels.linear import _common
+
+# SASS instructions per weight per thread in the main loop (dequant ~1.5-2, the
+# MMA's operand moves, address and pipeline bookkeeping): the launch table's
+# configs must stay below this
+BUDGET = 6.0
+
+
+def registers(cubin: bytes) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path], capture_output=True, text=True,
+                             check=True).stdout
+    return int(re.search(r"REG:(\d+)", out).group(1))
+
+
+def build(a):
+    arch = "sm90" if a.arch >= 90 else "sm80"
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+    lay = layouts.default_layout(arch, a.nbit)
+    K = N = 8192
+    cfg = kl.prepacked_config(a.m, K, N, lay, dt)
+    groups = 1 if a.group is None else K // a.group
+    gs = K if a.group is None else a.group
+    if a.inside:
+        cfg = kl.Config(**{**cfg.__dict__, "post": False})
+    plan = kl._plan(cfg, a.m, K, N, a.nbit, 32, 0, dt, groups, gs, a.signed, _common.unpack, False, lay, a.bias)
+    kw = dict(plan.kwargs)
+    warps = kw.pop("num_warps")
+    tl_dt = a.dtype
+    sig = {"x_ptr": f"*{tl_dt}", "w_ptr": "*i32", "s_ptr": f"*{tl_dt}", "h_ptr": f"*{tl_dt}", "b_ptr": f"*{tl_dt}",
+           "y_ptr": f"*{tl_dt}", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+           "stride_xm": "i32", "stride_ym": "i32", "group_size": "i32", "iters": "i32", "n_tiles": "i32",
+           "k_tiles": "i32"}
+    # pointers, N, K, the row strides and the group size 16-divisible, as for 8192 x 8192 torch tensors
+    k = compile_for(kl.mma_prepacked_kernel, sig, kw, capability=a.arch, num_warps=warps, num_stages=1,
+                    aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13))
+    return k, lay, cfg, kw
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--m", type=int, default=16)
+    p.add_argument("--nbit", type=int, default=4)
+    p.add_argument("--group", type=int, default=None)
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    p.add_argument("--signed", action="store_true")
+    p.add_argument("--inside", action="store_true", help="per-channel scale inside the dequant asm")
+    p.add_argument("--bias", action="store_true")
+    a = p.parse_args()
+    k, lay, cfg, kw = build(a)
+    print(f"layout: {lay.name}")
+    print(f"config: M={a.m} {cfg.short()} SCALE={kw['SCALE']} SUB={kw['SUB']}")
+    print(k.asm["ptx"])
+    ttgir = k.asm["ttgir"]
+    kw_ = sorted(set(re.findall(r"#ttg\.dot_op<\{opIdx = 0, parent = #\w+, kWidth = (\d+)\}>", ttgir)))
+    # a conversion through shared memory shows up as a local_alloc of a register tensor
+    via_smem = len(re.findall(r"ttg\.local_alloc %", ttgir))
+    print(f"ttgir: dot_op kWidth={','.join(kw_)} convert_layout_via_smem={via_smem}")
+    sass = sass_of(k.asm["cubin"])
+    local = int(bool(re.search(r"\b(LDL|STL)\b", sass)))
+    print(f"sass: registers={registers(k.asm['cubin'])} local={local}")
+    body = main_loop(sass)
+    c = Counter(op(t).split(".")[0] for t in body)
+    weights = lay.bn * lay.bk // (32 * cfg.num_warps)
+    full = Counter(op(t) for t in body)
+    print(f"sass loop: weights={weights} instructions={len(body)} per_weight={len(body) / weights:.2f} "
+          f"HGMMA={c['HGMMA']} HMMA={c['HMMA']} STS={c['STS']} STSM={c['STSM']} LDGSTS={c['LDGSTS']} "
+          f"LDS={c['LDS']} LDSM={c['LDSM']} LDG={c['LDG']} PRMT={c['PRMT']} LOP3={c['LOP3']} HFMA2={c['HFMA2']} "
+          f"MOV={full['IMAD.MOV.U32'] + full['MOV']} BAR={c['BAR']}")
+    print("budget: " + ("ok" if len(body) / weights <= BUDGET else f"over ({len(body) / weights:.2f} > {BUDGET})"))
