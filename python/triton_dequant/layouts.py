@@ -70,9 +70,8 @@ halves) with their own scales.
 """
 from __future__ import annotations
 
-import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -123,6 +122,7 @@ class MmaLayout:
     bn: int = 128
     bk: int = 64
     num_warps: int = 4
+    _bits: tuple = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -143,6 +143,7 @@ class MmaLayout:
         if self.words < 32 * self.num_warps:
             raise ValueError(f"a {self.bn}x{self.bk} tile of {self.nbit}-bit codes has {self.words} words, "
                              f"fewer than the {32 * self.num_warps} threads")
+        object.__setattr__(self, "_bits", _code_bits(self))
         lp = _log2(self.per)
         if any(ax == "n" for ax, _ in self.code_bits[:lp]):
             raise ValueError(f"`bk` ({self.bk}) is too small for {self.nbit}-bit codes on {self.arch}: "
@@ -198,7 +199,7 @@ class MmaLayout:
     @property
     def code_bits(self) -> Tuple[Bit, ...]:
         """``(axis, bit)`` of each bit of the flat code index ``f``, least significant first."""
-        return _code_bits(self)
+        return self._bits
 
     @property
     def span_k(self) -> int:
@@ -337,7 +338,6 @@ class MmaLayout:
                              f"got {list(data.shape)}")
 
 
-@functools.lru_cache(maxsize=None)
 def _code_bits(layout: MmaLayout) -> Tuple[Bit, ...]:
     ob = layout.operand_bits
     regs = sorted(ob["reg"], key=lambda b: (b[0] != "k", b[1]))  # K bits ascending, then N ascending
@@ -349,7 +349,6 @@ def _code_bits(layout: MmaLayout) -> Tuple[Bit, ...]:
     return tuple(regs[:nreg] + ob["lane"] + ob["warp"] + reps)
 
 
-@functools.lru_cache(maxsize=None)
 def _from_name(name: str) -> MmaLayout:
     m = _NAME.match(str(name))
     if not m:
@@ -367,7 +366,7 @@ def _arch_of(arch) -> str:
         arch = 10 * arch[0] + arch[1]
     if isinstance(arch, int) and not isinstance(arch, bool):
         if arch < 80:
-            raise ValueError(f"prepacked layouts need compute capability >= 8.0, got {arch}")
+            raise ValueError(f"`arch`: prepacked layouts need compute capability >= 8.0, got {arch}")
         return "sm90" if arch >= 90 else "sm80"
     if arch in ARCHS:
         return arch

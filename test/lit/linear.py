@@ -20,10 +20,12 @@
 # RUN: %python %s --kernel gemv --nbit 4 --prefetch | FileCheck %s --check-prefix=GROUP
 # RUN: %python %s --kernel gemv --nbit 4 --packed 1 --scale 3 --bk 16 | FileCheck %s --check-prefix=GROUP
 # RUN: %python %s --kernel mm --bm 16 --bk 128 --bn 128 --split 4 --packed 1 --scale 2 | FileCheck %s --check-prefix=GROUP
+# GROUP: ttir: i32 row-stride products=0
 # GROUP: // triton_dequant nbit=4 width=32 dst=fp16
 
 # NOCVT-NOT: cvt.{{[a-z]+}}.{{f16|bf16|f32}}{{(x2)?}}.{{s|u}}{{8|16|32|64}}
 
+# GEMV: ttir: i32 row-stride products=0
 # GEMV: .target sm_90a
 # GEMV: ld.global.L1::evict_first.L2::cache_hint.v4.b32
 # GEMV: // triton_dequant nbit={{[248]}} width=32 dst=fp16
@@ -44,6 +46,7 @@
 # (#linear, from the dequant's join tree) goes registers -> shared memory
 # (local_alloc) -> mma operand (local_load) every step, and so does the x tile
 # (unpipelined). With wgmma (BM = 64) the tile is the smem B operand.
+# MM16: ttir: i32 row-stride products=0
 # MM16: // triton_dequant nbit=4 width=32 dst=fp16
 # MM16: mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32
 # MM16: ttgir: convert_layout total={{[0-9]+}} in_loop=0
@@ -51,6 +54,7 @@
 # MM16: loop: %q{{.*}} = ttg.local_alloc %q{{.*}} : (tensor<128x128xf16, #linear>)
 # MM16: sass loop: {{.*}} HMMA=32
 # MM16: budget: ok
+# MM64: ttir: i32 row-stride products=0
 # MM64: // triton_dequant nbit=4 width=32 dst=fp16
 # MM64: wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16
 # MM64: ttgir: local_alloc(tensor) total=1 in_loop=1
@@ -115,6 +119,28 @@ def ttgir_conversions(ttgir: str, op: str = "ttg.convert_layout"):
     return len(conv), sum(i in inside for i in conv), where
 
 
+def int32_stride_products(ttir: str, args=("%stride_xm", "%stride_ym")):
+    """``arith.muli`` lines on i32 values derived from the row-stride arguments:
+    ``m * stride`` can pass 2**31 (issue 10), so every such product must be i64."""
+    tainted = set(args)
+    bad = []
+    for line in ttir.splitlines():
+        m = re.match(r"\s*(%[\w#.]+)(?::\d+)? = (\S+) (.*)", line)
+        if not m:
+            continue
+        res, opname, rest = m.groups()
+        body = rest.split(" loc(")[0]
+        if not set(re.findall(r"%[\w#.]+", body)) & tainted:
+            continue
+        if opname == "arith.extsi" or body.rstrip().endswith("i64>") or body.rstrip().endswith("i64"):
+            continue  # widened: from here on the products are 64-bit
+        tainted.add(res)
+        if opname == "arith.muli":
+            bad.append(line.strip())
+    assert all(a in ttir for a in args), "row-stride arguments not found in the TTIR"
+    return bad
+
+
 def sass_of(cubin: bytes) -> str:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
@@ -159,6 +185,7 @@ if __name__ == "__main__":
     p.add_argument("--packed", type=int, default=0, help="0: codes packed along K, 1: along N")
     a = p.parse_args()
     k, weights = build(a)
+    print(f"ttir: i32 row-stride products={len(int32_stride_products(k.asm['ttir']))}")
     print(k.asm["ptx"])
     total, in_loop, where = ttgir_conversions(k.asm["ttgir"])
     print(f"ttgir: convert_layout total={total} in_loop={in_loop}")

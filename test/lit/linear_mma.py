@@ -6,25 +6,22 @@
 # memory in TTGIR, no local memory (spills), and the registers and SASS
 # instructions per weight of the loop printed (and bounded).
 #
-# int4 fp16 per channel (codes into the MMA, scale after the loop) at M = 16, 64, 128:
+# int4 fp16 per channel (codes into the MMA, scale after the loop) and g128 (the
+# bench's case) at M = 16, 64, 128 on both archs, bf16, signed, int8, int2 (g32:
+# half words), per channel inside the asm, bias:
 # RUN: %python %s --arch 90 --m 16 > %t.a && FileCheck %s --check-prefixes=CHECK,H < %t.a
-# RUN: %python %s --arch 90 --m 64 > %t.b && FileCheck %s --check-prefixes=CHECK,H < %t.b
-# RUN: %python %s --arch 90 --m 128 > %t.c && FileCheck %s --check-prefixes=CHECK,H < %t.c
-# RUN: %python %s --arch 80 --m 16 > %t.d && FileCheck %s --check-prefixes=CHECK,A < %t.d
+# RUN: %python %s --arch 90 --m 64 --group 128 --dtype bf16 > %t.b && FileCheck %s --check-prefixes=CHECK,H < %t.b
+# RUN: %python %s --arch 90 --m 128 --group 128 > %t.c && FileCheck %s --check-prefixes=CHECK,H < %t.c
+# RUN: %python %s --arch 80 --m 16 --group 128 --dtype bf16 --signed > %t.d && FileCheck %s --check-prefixes=CHECK,A < %t.d
 # RUN: %python %s --arch 80 --m 64 > %t.e && FileCheck %s --check-prefixes=CHECK,A < %t.e
-# RUN: %python %s --arch 80 --m 128 > %t.f && FileCheck %s --check-prefixes=CHECK,A < %t.f
-# int4 g128 (the bench's case), bf16, signed, inside-asm per channel, int8, int2 (g32: half words), g32:
-# RUN: %python %s --arch 90 --m 16 --group 128 > %t.g && FileCheck %s --check-prefixes=CHECK,H < %t.g
-# RUN: %python %s --arch 90 --m 64 --group 128 --dtype bf16 > %t.h && FileCheck %s --check-prefixes=CHECK,H < %t.h
-# RUN: %python %s --arch 80 --m 16 --group 128 --dtype bf16 --signed > %t.i && FileCheck %s --check-prefixes=CHECK,A < %t.i
-# RUN: %python %s --arch 90 --m 16 --group 32 --nbit 8 > %t.j && FileCheck %s --check-prefixes=CHECK,H < %t.j
-# RUN: %python %s --arch 90 --m 16 --group 32 --nbit 2 > %t.k && FileCheck %s --check-prefixes=CHECK,H,SUB2 < %t.k
-# RUN: %python %s --arch 80 --m 16 --group 32 > %t.l && FileCheck %s --check-prefixes=CHECK,A < %t.l
-# RUN: %python %s --arch 90 --m 16 --inside --bias > %t.m && FileCheck %s --check-prefixes=CHECK,H < %t.m
-# RUN: %python %s --arch 80 --m 64 --nbit 8 --group 64 > %t.n && FileCheck %s --check-prefixes=CHECK,A < %t.n
-# RUN: %python %s --arch 90 --m 256 --nbit 2 > %t.o && FileCheck %s --check-prefixes=CHECK,H < %t.o
+# RUN: %python %s --arch 80 --m 128 --nbit 8 --group 64 > %t.f && FileCheck %s --check-prefixes=CHECK,A < %t.f
+# RUN: %python %s --arch 90 --m 16 --nbit 2 --group 32 > %t.g && FileCheck %s --check-prefixes=CHECK,H,SUB2 < %t.g
+# RUN: %python %s --arch 90 --m 16 --nbit 8 --group 32 --bias > %t.h && FileCheck %s --check-prefixes=CHECK,H < %t.h
+# RUN: %python %s --arch 80 --m 16 --inside > %t.i && FileCheck %s --check-prefixes=CHECK,A < %t.i
+# RUN: %python %s --arch 90 --m 256 --nbit 2 > %t.j && FileCheck %s --check-prefixes=CHECK,H < %t.j
 
-# CHECK: layout: mma_sm{{[89]}}0_{{[248]}}b_n128k64w4
+# CHECK: layout: mma_sm{{[89]}}0_{{[248]}}b_n128k{{64|128}}w4
+# CHECK: ttir: i32 row-stride products=0
 # CHECK: // triton_dequant nbit={{[248]}} width={{16|32}} dst={{fp16|bf16}}
 # SUB2: // triton_dequant nbit=2 width=16
 # H: wgmma.mma_async.sync.aligned
@@ -45,7 +42,7 @@ from collections import Counter
 import torch
 import triton
 
-from linear import BIN, main_loop, op, sass_of
+from linear import BIN, int32_stride_products, main_loop, op, sass_of
 from lit_utils import compile_for
 from triton_dequant import layouts
 from triton_dequant.kernels import linear as kl
@@ -105,6 +102,7 @@ if __name__ == "__main__":
     k, lay, cfg, kw = build(a)
     print(f"layout: {lay.name}")
     print(f"config: M={a.m} {cfg.short()} SCALE={kw['SCALE']} SUB={kw['SUB']}")
+    print(f"ttir: i32 row-stride products={len(int32_stride_products(k.asm['ttir']))}")
     print(k.asm["ptx"])
     ttgir = k.asm["ttgir"]
     kw_ = sorted(set(re.findall(r"#ttg\.dot_op<\{opIdx = 0, parent = #\w+, kWidth = (\d+)\}>", ttgir)))
