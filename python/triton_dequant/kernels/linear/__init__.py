@@ -35,7 +35,7 @@ import triton
 from ... import layouts
 from .. import _launch
 from . import _common
-from ._common import SCALE_CHANNEL, SCALE_GROUP_ROWS, SCALE_POST
+from ._common import SCALE_CHANNEL, SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
 from ._config import (DEQUANT_MIN_M, Config, check_config, default_config, gemv_supported, prepacked_config,
                       scale_mode, xshift)
 from ._gemv import DOT_F16X2, DOT_F16X2_PORTABLE, DOT_F32, gemv_kernel
@@ -126,7 +126,8 @@ def _plan(cfg: Config, M: int, K: int, N: int, nbit: int, width: int, packed_dim
             raise ValueError(f"`group_size` ({group_size}) must divide the layout's K tile ({cfg.bk}) or be a "
                              f"multiple of it (layout {layout.name})")
         sub = layout.splits(None if mode in (SCALE_POST.value, SCALE_CHANNEL.value) else group_size)
-        kw.update(BK=cfg.bk, LAYOUT=layout.name, SUB=sub, KTOP=layout.span_k // 2, ASM=not interp)
+        kw.update(BK=cfg.bk, LAYOUT=layout.name, SUB=sub, KTOP=layout.span_k // 2, ASM=not interp,
+                  GROUP=group_size if mode in (SCALE_GROUP.value, SCALE_GROUP_ROWS.value) else 0)
         kernel = mma_prepacked_kernel
     elif cfg.kernel == "gemv":
         kw.update(PER=per, PACKED=packed_dim, BKR=cfg.bk,

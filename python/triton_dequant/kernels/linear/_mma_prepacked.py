@@ -57,11 +57,13 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
                          SPLIT: tl.constexpr, SCALE: tl.constexpr, SUB: tl.constexpr,
                          KTOP: tl.constexpr, REDUCE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                          HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr,
-                         ASM: tl.constexpr):
+                         ASM: tl.constexpr, GROUP: tl.constexpr):
     """``y[m-tile, n-tile]`` over K slice ``pid_k``. ``w_ptr``: the prepacked
     ``[n_tiles, k_tiles, BN * BK / PER]`` int32 weights of layout ``LAYOUT``;
     ``KTOP`` (``SUB = 2``): K offset of a word's high half. ``ITERS``: the loop
-    count as a constexpr for the interpreter, 0 on GPUs."""
+    count as a constexpr for the interpreter, 0 on GPUs. ``GROUP``: the group size
+    as a constexpr (per-group modes; the group index of a tile is then a shift,
+    not a 20-instruction integer division per step); ``group_size`` is unused."""
     DST: tl.constexpr = x_ptr.dtype.element_ty
     PER: tl.constexpr = 32 // NBIT
     NW: tl.constexpr = BN * BK // PER
@@ -82,9 +84,9 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
     if SCALE == SCALE_CHANNEL:
         s_c, h_c = _word_scales(s_ptr, h_ptr, 0, n_w, nmask, N)
     if SCALE == SCALE_GROUP_ROWS:
-        g_w = k_off // group_size                      # group of each word (or low half) inside the tile
+        g_w = k_off // GROUP                           # group of each word (or low half) inside the tile
         if SUB == 2:
-            g_h = (k_off + KTOP) // group_size
+            g_h = (k_off + KTOP) // GROUP
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     for it in tl.range(0, ITERS if ITERS > 0 else iters, num_stages=STAGES):
         kt = t0 + it
@@ -99,13 +101,13 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
                         eviction_policy="evict_first")
         # scale/shift of every word (fresh names in the loop: loop-carried values keep their type)
         if SCALE == SCALE_GROUP:
-            g = (k0 // group_size).to(tl.int64)
+            g = (kt // (GROUP // BK)).to(tl.int64)
             s_l, h_l = _word_scales(s_ptr, h_ptr, g, n_w, nmask & (kt < k_tiles), N)
             if SUB == 2:
                 s_l = tl.reshape(tl.join(s_l, s_l), [2 * NW])
                 h_l = tl.reshape(tl.join(h_l, h_l), [2 * NW])
         elif SCALE == SCALE_GROUP_ROWS:
-            gb = (k0 // group_size).to(tl.int64)      # k0 is a multiple of group_size here
+            gb = (kt * (BK // GROUP)).to(tl.int64)    # the tile's first group
             s_l, h_l = _word_scales(s_ptr, h_ptr, gb + g_w, n_w, nmask & (k0 + k_off < K), N)
             if SUB == 2:
                 s_2, h_2 = _word_scales(s_ptr, h_ptr, gb + g_h, n_w, nmask & (k0 + k_off + KTOP < K), N)
