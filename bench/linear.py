@@ -1,26 +1,36 @@
-"""Weight-only low-bit matmul ``y = x @ W``: decode GEMV and small-M linear.
+"""Weight-only low-bit matmul ``y = x @ W``: decode GEMV and the tensor-core path.
 
-Cases (codes packed along K in int32, the GPTQ-like layout; per-channel fp16
-scale/shift; fp16 x, random data):
-* bench "gemv": M = 1, K = N = 4096 and 8192, nbit 8 / 4 / 2;
-* bench "linear": int4, K = N = 8192, M = 4 and 16 (M = 1 is the gemv case).
+Cases (random data):
+* bench "gemv": M = 1, K = N = 4096 and 8192, nbit 8 / 4 / 2; codes packed along
+  K in int32 (the GPTQ-like layout), per-channel fp16 scale/shift, fp16 x;
+* bench "linear": int4, groups of 128 (fp16 scale/shift ``[K/128, N]``), M in
+  ``LINEAR_M`` (2 .. 256) at (K, N) in ``LINEAR_SHAPES`` (8192^2, 8192 x 28672,
+  28672 x 8192), fp16 x, and bf16 x (scale/shift bf16) at M = 16 and 64
+  (``,bf16`` in ``shape``). "ours" is the weights prepacked once in the device's
+  :mod:`triton_dequant.layouts` layout, run by ``kernels.linear._mma_prepacked``
+  (what a layer holding prepacked weights runs at every M).
 
 Implementations, each checked against x @ W in float64 (W the exact dequantized
-weight rounded once to fp16) before it is timed, relative error <= 1e-2 (norm
+weight rounded once to x.dtype) before it is timed, relative error <= 1e-2 (norm
 and max), else the bench fails:
-* ours: ``kernels.linear.linear`` with an explicit config, a sweep of configs
-  (``_candidates``: the default table's choice plus neighbours); the best is
-  recorded as ``ours``, its config in ``note``, every config's time in
-  ``configs``, the default table's time in ``default_us``;
-* naive-triton: the same kernel, tiling, split-K and fp16x2 products as the best
-  config, but shift/mask + int->float conversion instead of ``tl.dequantize``;
-* cublas-fp16: ``x @ W16`` with a random fp16 ``[K, N]`` weight;
-* torch-eager: unpack with shift/mask, ``* scale + shift`` in fp16, matmul;
-* torch-compile: ``torch.compile`` of the same function;
+* ours: ``kernels.linear.linear`` with an explicit config, the best of a few
+  candidates (``_candidates`` / ``_pp_candidates``: the launch table's choice
+  plus neighbours, at most 3 for "linear"); its config in ``note``, every
+  config's time in ``configs``, the launch table's time in ``default_us``;
+* naive-triton: the same kernel, tiling and split-K as the best config (same
+  bytes for "linear"), with the shift/mask + int->float unpack of
+  ``bench/naive.py`` instead of ``tl.dequantize``;
+* cublas-fp16: ``x @ W16`` with a random ``[K, N]`` weight of x.dtype;
+* ours-plain ("linear"): the same weights in the plain layout, the launch
+  table's route (GEMV for M <= 4, the shared-memory ``_mma`` kernel, dequantize
+  + cuBLAS from ``DEQUANT_MIN_M``); dequant-cublas (M >= 64): that last route
+  forced. These two feed the routing rule in ``kernels/linear/_config.py``;
+* torch-eager / torch-compile ("gemv"): unpack with shift/mask, ``* scale +
+  shift`` in fp16, matmul (eager, and ``torch.compile`` of it);
 * copy: a device copy moving the packed weight bytes (read + write).
 
 ``bytes``: packed weight + scale + shift bytes (what the op must read).
-:func:`sweep` times a wider grid (bench "linear_sweep", one record per config).
+:func:`sweep` times a wider grid of GEMV configs (bench "linear_sweep", one record per config).
 """
 from __future__ import annotations
 
@@ -29,18 +39,21 @@ from dataclasses import replace
 
 import torch
 
+from triton_dequant import layouts, packing
+from triton_dequant import reference as ref
 from triton_dequant.kernels import linear as kl
 
 from naive import unpack as naive_unpack
-from triton_dequant import reference as ref
 
 from common import time_all
 
 C = kl.Config
 GEMV_SIZES = (4096, 8192)
 NBITS = (8, 4, 2)
-LINEAR_M = (4, 16)
-LINEAR_SIZE = 8192
+LINEAR_M = (2, 4, 8, 16, 32, 64, 128, 256)
+LINEAR_SHAPES = ((8192, 8192), (8192, 28672), (28672, 8192))  # (K, N)
+LINEAR_BF16_M = (16, 64)
+LINEAR_GROUP = 128
 TOL = 1e-2
 
 
@@ -140,14 +153,21 @@ def _candidates(M, K, N, nbit, level=1):
 
 # --- the bench -----------------------------------------------------------------------------
 
-def _cases(sizes, linear_size):
+def _cases(sizes):
     """(bench, M, K, N, nbit, sweep level): the largest GEMV size gets the full
     candidate list, smaller ones only split-K neighbours (compile time)."""
     for K in sizes:
         for nbit in NBITS:
             yield "gemv", 1, K, K, nbit, 1 if K == max(sizes) else 0
-    for M in LINEAR_M:
-        yield "linear", M, linear_size, linear_size, 4, 1
+
+
+def _linear_cases(shapes, ms, bf16_ms):
+    """(M, K, N, dtype) of the "linear" bench."""
+    for K, N in shapes:
+        for M in ms:
+            yield M, K, N, torch.float16
+            if M in bf16_ms and (K, N) == shapes[0]:
+                yield M, K, N, torch.bfloat16
 
 
 def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log):
@@ -169,10 +189,118 @@ def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log):
     return sorted(res, key=lambda t: t[0])
 
 
-def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_SIZE, use_compile=True):
+# --- the "linear" bench: prepacked weights -------------------------------------------------------
+
+def _layout(device):
+    cap = torch.cuda.get_device_capability(device) if str(device).startswith("cuda") else (9, 0)
+    return layouts.default_layout(cap, 4)
+
+
+def _pp_candidates(M, K, N, layout, dtype, sms):
+    """The launch table's config, then at most two neighbours: split-K x2 / ÷2
+    (or one more pipeline stage without split-K); 8 warps for bm = 64."""
+    d = kl.prepacked_config(M, K, N, layout, dtype, sms)
+    v = lambda **kw: replace(d, **kw)  # noqa: E731
+    out = [d, v(split=2 * d.split)]
+    out.append(v(split=d.split // 2) if d.split > 1 else v(num_stages=d.num_stages + 1))
+    if d.bm == 64 and 8 in layout.compatible_warps():
+        out[-1] = v(num_warps=8)
+    return _uniq(out)
+
+
+def _linear_problem(M, K, N, dtype, device, gen):
+    groups = K // LINEAR_GROUP
+    codes = torch.randint(0, 16, (K, N), device=device, generator=gen, dtype=torch.int32)
+    s = (torch.rand(groups, N, device=device, generator=gen) * 0.02 + 0.005)
+    h = -s * 8 * (1 + 0.1 * torch.randn(groups, N, device=device, generator=gen))
+    x = torch.randn(M, K, device=device, generator=gen).to(dtype)
+    return x, codes, s.to(dtype), h.to(dtype)
+
+
+def run_linear(time_us, record, device, shapes, ms, bf16_ms):
+    gen = torch.Generator(device=device).manual_seed(2)
+    log = lambda msg: print(msg, flush=True)
+    lay = _layout(device)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if str(device).startswith("cuda") else 132
+    prepared = {}
+    for M, K, N, dtype in _linear_cases(shapes, ms, bf16_ms):
+        t0 = time.time()
+        tag = "" if dtype == torch.float16 else ",bf16"
+        shape = f"M={M},K={K},N={N}{tag}"
+        key = (K, N, dtype)
+        if key not in prepared:  # weights (and their prepacking) shared by every M of a shape
+            prepared.clear()
+            _, codes, s, h = _linear_problem(1, K, N, dtype, device, gen)
+            qw = packing.pack(codes, 4, dim=0, container=torch.int32, check=False)
+            data = lay.prepack_codes(codes)
+            w = ref.linear_weight(qw, s, h, 4, dtype=dtype, group_size=LINEAR_GROUP)
+            w16 = torch.randn(K, N, device=device, generator=gen).to(dtype)
+            prepared[key] = (qw, data, s, h, w, w16)
+            del codes
+        qw, data, s, h, w, w16 = prepared[key]
+        x = torch.randn(M, K, device=device, generator=gen).to(dtype)
+        want = x.double() @ w.double()
+        nbytes = qw.numel() * 4 + 2 * s.numel() * s.element_size()
+        log(f"  linear nbit=4 {shape} ({lay.name})")
+        ranked = []
+        for cfg in _pp_candidates(M, K, N, lay, dtype, sms):
+            fn = lambda cfg=cfg: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=cfg, layout=lay)
+            try:
+                y = fn()
+            except Exception as e:  # a config the compiler rejects (resources): skip it, say so
+                log(f"    skip {cfg.short()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+                continue
+            _check(f"ours {cfg.short()}", y, want)
+            us = time_us(fn, graph=True)
+            log(f"    {us:8.1f} us  {cfg.short()}")
+            ranked.append((us, cfg))
+        if not ranked:
+            raise RuntimeError(f"no prepacked config ran for {shape}")
+        ranked.sort(key=lambda t: t[0])
+        best_us, best = ranked[0]
+        default = kl.prepacked_config(M, K, N, lay, dtype, sms)
+        default_us = next((us for us, c in ranked if c == default), None)
+        fns = {
+            "ours": lambda: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=best, layout=lay),
+            "naive-triton": lambda: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=best, layout=lay,
+                                              unpack=naive_unpack),
+            "cublas-fp16": lambda: x @ w16,
+            "ours-plain": lambda: kl.linear(x, qw, s, h, 4, LINEAR_GROUP, 0, False),
+        }
+        if M >= 64:
+            fns["dequant-cublas"] = lambda: kl.linear(x, qw, s, h, 4, LINEAR_GROUP, 0, False, config=C("dequant"))
+        for name in ("naive-triton", "ours-plain", "dequant-cublas"):
+            if name in fns:
+                _check(name, fns[name](), want)
+        _check("cublas-fp16", fns["cublas-fp16"](), x.double() @ w16.double())
+        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        fns["copy"] = lambda: dst.copy_(src)
+        plain_cfg = kl.default_config(M, K, N, 4, 32, 0, dtype, sms)
+        configs = "; ".join(f"{us:.1f} {c.short()}" for us, c in ranked)
+        for impl, (us, runs) in time_all(time_us, fns, graph=True).items():
+            extra = {}
+            if impl == "ours":
+                extra = dict(note=best.short(), configs=configs, sweep_best_us=best_us, default_us=default_us,
+                             default=default.short(), layout=lay.name, group=LINEAR_GROUP)
+            elif impl == "naive-triton":
+                extra = dict(note=best.short(), layout=lay.name)
+            elif impl == "ours-plain":
+                extra = dict(note=plain_cfg.short())
+            elif impl == "cublas-fp16":
+                extra = dict(fp16_weight_bytes=K * N * 2)
+            record(bench="linear", nbit=4, shape=shape, impl=impl, us=us, bytes=nbytes, runs=runs, **extra)
+        log(f"  ({time.time() - t0:.0f} s)")
+        del x, want, src, dst
+    prepared.clear()
+
+
+def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_shapes=LINEAR_SHAPES, linear_m=LINEAR_M,
+        linear_bf16_m=LINEAR_BF16_M, use_compile=True):
     gen = torch.Generator(device=device).manual_seed(0)
     log = lambda msg: print(msg, flush=True)
-    for bench, M, K, N, nbit, level in _cases(sizes, linear_size):
+    run_linear(time_us, record, device, linear_shapes, linear_m, linear_bf16_m)
+    for bench, M, K, N, nbit, level in _cases(sizes):
         t0 = time.time()
         shape = f"M={M},K={K},N={N}"
         x, qw, s, h = _problem(M, K, N, nbit, device, gen)
@@ -219,13 +347,13 @@ def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_SIZ
         del x, qw, s, h, want, w16, src, dst
 
 
-def sweep(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_SIZE):
+def sweep(time_us, record, device="cuda", sizes=GEMV_SIZES):
     """Every candidate config of every case (the wide grid), one record per config:
     bench "linear_sweep", impl "ours", note = config. For updating
     ``kernels.linear.default_config``."""
     gen = torch.Generator(device=device).manual_seed(1)
     log = lambda msg: print(msg, flush=True)
-    for bench, M, K, N, nbit, _ in _cases(sizes, linear_size):
+    for bench, M, K, N, nbit, _ in _cases(sizes):
         shape = f"M={M},K={K},N={N}"
         x, qw, s, h = _problem(M, K, N, nbit, device, gen)
         want = x.double() @ ref.linear_weight(qw, s, h, nbit, dtype=torch.float16).double()
@@ -237,4 +365,5 @@ def sweep(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_size=LINEAR_S
 
 
 # run.py --dry-run (CPU, interpreter): tiny shapes, no torch.compile
-DRY_RUN = {"sizes": (256,), "linear_size": 256, "use_compile": False}
+DRY_RUN = {"sizes": (256,), "linear_shapes": ((256, 256),), "linear_m": (2, 16, 64, 256),
+           "linear_bf16_m": (16,), "use_compile": False}

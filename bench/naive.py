@@ -6,8 +6,14 @@ so the baseline keeps the shipped tiling, grid and epilogue and differs only in
 the unpack step: shift/mask plus an int-to-float conversion per code instead of
 ``tl.dequantize``'s bit tricks.
 """
+import os
+
 import triton
 import triton.language as tl
+
+# Triton 3.6's interpreter gets int -> bf16 casts and bf16 arithmetic wrong: there
+# (only) the bf16 baseline computes in fp32 and rounds once
+_VIA_F32 = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
 
 @triton.jit
@@ -23,6 +29,11 @@ def unpack(w, s, h, NBIT: tl.constexpr, PER: tl.constexpr, DST: tl.constexpr, SI
         c = tl.reshape(c, [w.shape[0], w.shape[1] * PER])
     if SIGNED:
         c = (c ^ (1 << (NBIT - 1))) - (1 << (NBIT - 1))
+    if DST == tl.bfloat16 and _VIA_F32:
+        q = c.to(tl.float32)
+        if AFFINE:
+            q = q * s.to(DST).to(tl.float32) + h.to(DST).to(tl.float32)
+        return q.to(DST)
     q = c.to(DST)
     if AFFINE:
         q = q * s.to(DST) + h.to(DST)
