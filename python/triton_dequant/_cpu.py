@@ -126,14 +126,14 @@ def linear_weight(qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
 
 
 def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int,
-           group_size: int, packed_dim: int, signed: bool) -> torch.Tensor:
+           group_size: int, packed_dim: int, signed: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W`` on the CPU (arguments checked by :func:`triton_dequant.ops.linear`).
 
     W is dequantized exactly (:func:`linear_weight`, rounded once to ``x.dtype``) in
     blocks of about ``_BLOCK_ELEMS`` weights, each multiplied right away by torch's
     matmul (``addmm`` into an fp32 accumulator) while it is still in cache. fp16/bf16
     ``x`` are computed in fp32 (x and W widen exactly), the result rounded once to
-    ``x.dtype``."""
+    ``x.dtype``. ``bias`` ([N], optional) starts the fp32 accumulator."""
     per = _WIDTH[qweight.dtype] // nbit
     pk, pn = (per, 1) if packed_dim == 0 else (1, per)
     K, N = qweight.shape[0] * pk, qweight.shape[1] * pn
@@ -142,6 +142,8 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: t
     if x2.dtype != torch.float32:
         x2 = x2.float()
     y = torch.zeros((x2.shape[0], N), dtype=torch.float32)
+    if bias is not None:
+        y += bias.float()
     if y.numel() and K:
         dtype = x.dtype
         s, h = scale.to(dtype), shift.to(dtype)
