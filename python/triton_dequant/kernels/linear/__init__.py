@@ -127,7 +127,8 @@ def _plan(cfg: Config, M: int, K: int, N: int, nbit: int, width: int, packed_dim
                              f"multiple of it (layout {layout.name})")
         sub = layout.splits(None if mode in (SCALE_POST.value, SCALE_CHANNEL.value) else group_size)
         kw.update(BK=cfg.bk, LAYOUT=layout.name, SUB=sub, KTOP=layout.span_k // 2, ASM=not interp,
-                  GROUP=group_size if mode in (SCALE_GROUP.value, SCALE_GROUP_ROWS.value) else 0)
+                  GROUP=group_size if mode in (SCALE_GROUP.value, SCALE_GROUP_ROWS.value) else 0,
+                  EVEN_M=M % bm == 0)
         kernel = mma_prepacked_kernel
     elif cfg.kernel == "gemv":
         kw.update(PER=per, PACKED=packed_dim, BKR=cfg.bk,

@@ -57,13 +57,15 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
                          SPLIT: tl.constexpr, SCALE: tl.constexpr, SUB: tl.constexpr,
                          KTOP: tl.constexpr, REDUCE: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                          HAS_BIAS: tl.constexpr, UNPACK: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr,
-                         ASM: tl.constexpr, GROUP: tl.constexpr):
+                         ASM: tl.constexpr, GROUP: tl.constexpr, EVEN_M: tl.constexpr):
     """``y[m-tile, n-tile]`` over K slice ``pid_k``. ``w_ptr``: the prepacked
     ``[n_tiles, k_tiles, BN * BK / PER]`` int32 weights of layout ``LAYOUT``;
     ``KTOP`` (``SUB = 2``): K offset of a word's high half. ``ITERS``: the loop
     count as a constexpr for the interpreter, 0 on GPUs. ``GROUP``: the group size
     as a constexpr (per-group modes; the group index of a tile is then a shift,
-    not a 20-instruction integer division per step); ``group_size`` is unused."""
+    not a 20-instruction integer division per step); ``group_size`` is unused.
+    Scale/shift loads are unmasked when N and K are multiples of the tile (a
+    masked 16-bit load costs a register clear each)."""
     DST: tl.constexpr = x_ptr.dtype.element_ty
     PER: tl.constexpr = 32 // NBIT
     NW: tl.constexpr = BN * BK // PER
@@ -82,7 +84,11 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
     x_ptrs = x_ptr + m.to(tl.int64)[None, :] * stride_xm + (t0 * BK + tl.arange(0, BK))[:, None]
     w_ptrs = w_ptr + (pid_n.to(tl.int64) * k_tiles + t0) * NW + widx
     if SCALE == SCALE_CHANNEL:
-        s_c, h_c = _word_scales(s_ptr, h_ptr, 0, n_w, nmask, N)
+        if EVEN_N:
+            s_c = tl.load(s_ptr + n_w)
+            h_c = tl.load(h_ptr + n_w)
+        else:
+            s_c, h_c = _word_scales(s_ptr, h_ptr, 0, n_w, nmask, N)
     if SCALE == SCALE_GROUP_ROWS:
         g_w = k_off // GROUP                           # group of each word (or low half) inside the tile
         if SUB == 2:
@@ -92,7 +98,10 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
         kt = t0 + it
         k0 = kt * BK
         if EVEN_K:
-            xT = tl.load(x_ptrs + it * BK, mask=(m < M)[None, :], other=0.0)
+            if EVEN_M:
+                xT = tl.load(x_ptrs + it * BK)
+            else:
+                xT = tl.load(x_ptrs + it * BK, mask=(m < M)[None, :], other=0.0)
             w = tl.load(w_ptrs + it * NW, eviction_policy="evict_first")
         else:
             k = k0 + tl.arange(0, BK)
@@ -100,17 +109,29 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
             w = tl.load(w_ptrs + it * NW, mask=(widx < NW) & (kt < k_tiles), other=0,
                         eviction_policy="evict_first")
         # scale/shift of every word (fresh names in the loop: loop-carried values keep their type)
-        if SCALE == SCALE_GROUP:
+        if SCALE == SCALE_GROUP:  # one group row for the whole tile
             g = (kt // (GROUP // BK)).to(tl.int64)
-            s_l, h_l = _word_scales(s_ptr, h_ptr, g, n_w, nmask & (kt < k_tiles), N)
+            if EVEN_K and EVEN_N:
+                s_l = tl.load(s_ptr + g * N + n_w)
+                h_l = tl.load(h_ptr + g * N + n_w)
+            else:
+                s_l, h_l = _word_scales(s_ptr, h_ptr, g, n_w, nmask & (kt < k_tiles), N)
             if SUB == 2:
                 s_l = tl.reshape(tl.join(s_l, s_l), [2 * NW])
                 h_l = tl.reshape(tl.join(h_l, h_l), [2 * NW])
         elif SCALE == SCALE_GROUP_ROWS:
             gb = (kt * (BK // GROUP)).to(tl.int64)    # the tile's first group
-            s_l, h_l = _word_scales(s_ptr, h_ptr, gb + g_w, n_w, nmask & (k0 + k_off < K), N)
+            if EVEN_K and EVEN_N:
+                s_l = tl.load(s_ptr + (gb + g_w) * N + n_w)
+                h_l = tl.load(h_ptr + (gb + g_w) * N + n_w)
+            else:
+                s_l, h_l = _word_scales(s_ptr, h_ptr, gb + g_w, n_w, nmask & (k0 + k_off < K), N)
             if SUB == 2:
-                s_2, h_2 = _word_scales(s_ptr, h_ptr, gb + g_h, n_w, nmask & (k0 + k_off + KTOP < K), N)
+                if EVEN_K and EVEN_N:
+                    s_2 = tl.load(s_ptr + (gb + g_h) * N + n_w)
+                    h_2 = tl.load(h_ptr + (gb + g_h) * N + n_w)
+                else:
+                    s_2, h_2 = _word_scales(s_ptr, h_ptr, gb + g_h, n_w, nmask & (k0 + k_off + KTOP < K), N)
                 s_l = tl.reshape(tl.join(s_l, s_2), [2 * NW])
                 h_l = tl.reshape(tl.join(h_l, h_2), [2 * NW])
         elif SCALE == SCALE_CHANNEL:
