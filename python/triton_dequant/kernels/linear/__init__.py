@@ -35,7 +35,7 @@ import triton
 from ... import layouts
 from .. import _launch
 from . import _common
-from ._common import SCALE_CHANNEL, SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
+from ._common import SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
 from ._config import (DEQUANT_MIN_M, Config, check_config, default_config, gemv_supported, prepacked_config,
                       scale_mode, xshift)
 from ._gemv import DOT_F16X2, DOT_F16X2_PORTABLE, DOT_F32, gemv_kernel
@@ -125,7 +125,7 @@ def _plan(cfg: Config, M: int, K: int, N: int, nbit: int, width: int, packed_dim
         if mode == SCALE_GROUP_ROWS.value and cfg.bk % group_size:
             raise ValueError(f"`group_size` ({group_size}) must divide the layout's K tile ({cfg.bk}) or be a "
                              f"multiple of it (layout {layout.name})")
-        sub = layout.splits(None if mode in (SCALE_POST.value, SCALE_CHANNEL.value) else group_size)
+        sub = layout.splits(group_size) if mode == SCALE_GROUP_ROWS.value else 1
         kw.update(BK=cfg.bk, LAYOUT=layout.name, SUB=sub, KTOP=layout.span_k // 2, ASM=not interp,
                   GROUP=group_size if mode in (SCALE_GROUP.value, SCALE_GROUP_ROWS.value) else 0,
                   EVEN_M=M % bm == 0)

@@ -16,8 +16,9 @@ codes into the MMA, ``s * acc + h * sum(x)`` after the loop), ``SCALE_CHANNEL``
 (per channel, inside the dequant asm: W rounded once like the reference),
 ``SCALE_GROUP`` (``group_size`` a multiple of ``BK``: one group row per tile),
 ``SCALE_GROUP_ROWS`` (``BK`` a multiple of ``group_size``: the group of each word).
-``SUB = 2`` splits each word into 16-bit halves with their own scale/shift, for
-groups smaller than the K span of a word (int2 words span 64 values of K).
+``SUB = 2`` (``SCALE_GROUP_ROWS`` only) splits each word into 16-bit halves with
+their own scale/shift, for groups smaller than the K span of a word (int2 words
+span 64 values of K).
 
 Split-K in one launch through :func:`._common.epilogue`; the grid is
 ``(m-tiles fastest, K slices, n-tiles)`` so that the CTAs reading the same weight
@@ -116,9 +117,6 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
                 h_l = tl.load(h_ptr + g * N + n_w)
             else:
                 s_l, h_l = _word_scales(s_ptr, h_ptr, g, n_w, nmask & (kt < k_tiles), N)
-            if SUB == 2:
-                s_l = tl.reshape(tl.join(s_l, s_l), [2 * NW])
-                h_l = tl.reshape(tl.join(h_l, h_l), [2 * NW])
         elif SCALE == SCALE_GROUP_ROWS:
             gb = (kt * (BK // GROUP)).to(tl.int64)    # the tile's first group
             if EVEN_K and EVEN_N:
@@ -137,9 +135,6 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
         elif SCALE == SCALE_CHANNEL:
             s_l = s_c
             h_l = h_c
-            if SUB == 2:
-                s_l = tl.reshape(tl.join(s_l, s_l), [2 * NW])
-                h_l = tl.reshape(tl.join(h_l, h_l), [2 * NW])
         else:
             s_l = 1.0
             h_l = 0.0
