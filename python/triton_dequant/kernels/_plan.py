@@ -294,12 +294,17 @@ def launch_key(k: Kernel, device_index: int, capability: int, state=None) -> tup
     return (k.key, device_index, capability, _snapshot() if state is None else state)
 
 
+try:
+    from triton.knobs import HookChain as _HookChain
+except ImportError:  # pragma: no cover
+    _HookChain = type(None)
+
 _LOADED: dict = {}  # (kernel id, device index, lowering state) -> (run, function, packed metadata, compiled)
 
 
 def _load(k: Kernel, device_index: int, target: Target):
     """Compile ``k`` for ``target`` and load it on GPU ``device_index``."""
-    with torch.cuda.device(device_index):
+    with _on_device(device_index):
         ck = compile_kernel(k, target)
         ck._init_handles()
     return ck.run, ck.function, ck.packed_metadata, ck
@@ -311,6 +316,10 @@ def _stream(device_index: int) -> int:
 
 def _current_device() -> int:
     return torch.cuda.current_device()
+
+
+def _on_device(device_index: int):
+    return torch.cuda.device(device_index)
 
 
 def loaded(k: Kernel, device_index: int, target: Target):
@@ -340,13 +349,22 @@ def launch(k: Kernel, tensors: tuple, device: torch.device, target: Target) -> N
     g = k.grid
     values = (*tensors, *k.tail)
     stream = _stream(idx)
-    enter = knobs.runtime.launch_enter_hook
-    meta = ck.launch_metadata(g, stream, *values) if enter is not None else None
+    enter, exit_ = _active(knobs.runtime.launch_enter_hook), _active(knobs.runtime.launch_exit_hook)
+    meta = ck.launch_metadata(g, stream, *values) if enter is not None or exit_ is not None else None
     if idx != _current_device():  # the module was loaded in that device's context
-        with torch.cuda.device(idx):
-            run(g[0], g[1], g[2], stream, function, packed, meta, enter, knobs.runtime.launch_exit_hook, *values)
+        with _on_device(idx):
+            run(g[0], g[1], g[2], stream, function, packed, meta, enter, exit_, *values)
     else:
-        run(g[0], g[1], g[2], stream, function, packed, meta, enter, knobs.runtime.launch_exit_hook, *values)
+        run(g[0], g[1], g[2], stream, function, packed, meta, enter, exit_, *values)
+
+
+def _active(hook):
+    """``hook``, or None when it would do nothing: Triton 3.6 keeps an empty
+    ``HookChain`` there by default, which the launcher would call (and for which
+    Triton builds launch metadata) on every launch."""
+    if hook is None or (type(hook) is _HookChain and not hook.calls):
+        return None
+    return hook
 
 
 def run_plan(plan: Plan, tensors: tuple, device: torch.device, target: Target) -> None:
