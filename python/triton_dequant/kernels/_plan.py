@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect as _pyinspect
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -50,8 +50,7 @@ _DEFAULT_SMS = {80: 108, 86: 84, 89: 142, 90: 132}
 
 # --- targets ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What a plan may depend on besides the call: ``arch`` is the compute
     capability (90 = sm_90; 0 = Triton's interpreter), ``num_sms`` the SM count."""
     arch: int
@@ -258,23 +257,27 @@ def compile_kernel(k: Kernel, target: Target):
 # --- lowering state -----------------------------------------------------------------------
 
 def _state_fns():
-    """(refresh, snapshot) functions for the lowering state of ``tl.dequantize``."""
+    """(refresh, snapshot) functions for the lowering state of ``tl.dequantize``:
+    ``refresh`` re-reads the environment (at a compile and at a launch-cache miss),
+    ``snapshot`` is what a launch compares (no environment read: an environment
+    variable changed within a process takes effect at the next refresh)."""
     try:
         from .. import state  # the explicit state module, where present
         return state.lowering_state, state.current
     except ImportError:
-        from triton import knobs
-
         from .. import language, layout
+        env = [None]
 
-        def now():
+        def snapshot():
             # the switches language.lowering_key() depends on within a process (its
             # source hashes are computed once per process), read without hashing
-            env = os.environ
-            return (language._portable_override, env.get("TRITON_DEQUANT_PORTABLE"), layout._enabled,
-                    env.get("TRITON_DEQUANT_LAYOUT"), layout._policy, layout._installed_hook,
-                    knobs.runtime.add_stages_inspection_hook)
-        return now, now
+            return (language._portable_override, layout._enabled, layout._policy, layout._installed_hook, env[0])
+
+        def refresh():
+            env[0] = (os.environ.get("TRITON_DEQUANT_PORTABLE"), os.environ.get("TRITON_DEQUANT_LAYOUT"))
+            return snapshot()
+        refresh()
+        return refresh, snapshot
 
 
 _refresh, _snapshot = _state_fns()
@@ -311,7 +314,21 @@ def _load(k: Kernel, device_index: int, target: Target):
 
 
 def _stream(device_index: int) -> int:
-    return torch.cuda.current_stream(device_index).cuda_stream
+    """The current CUDA stream of a device (as Triton's driver reads it)."""
+    global _stream
+    try:
+        from torch._C import _cuda_getCurrentRawStream as raw
+    except ImportError:  # pragma: no cover
+        def raw(idx):
+            return torch.cuda.current_stream(idx).cuda_stream
+    _stream = raw
+    return raw(device_index)
+
+
+def device_stream(device: torch.device) -> tuple:
+    """``(device index, current stream)`` of a CUDA device."""
+    idx = device.index if device.index is not None else _current_device()
+    return idx, _stream(idx)
 
 
 def _current_device() -> int:
@@ -338,24 +355,35 @@ def loaded(k: Kernel, device_index: int, target: Target):
 _CAPABILITY: dict = {}
 
 
-def launch(k: Kernel, tensors: tuple, device: torch.device, target: Target) -> None:
-    """Run ``k`` with ``tensors`` (one per pointer argument, in order) on ``device``."""
+def launch(k: Kernel, tensors: tuple, device: torch.device, target: Target, stream: Optional[int] = None) -> None:
+    """Run ``k`` with ``tensors`` (one per pointer argument, in order) on ``device``
+    (on ``stream``; default: the device's current stream)."""
     if target.interpret:
         k.fn[k.grid](*tensors, *k.tail, num_warps=k.num_warps, num_stages=k.num_stages)
         return
-    from triton import knobs
-    idx = device.index if device.index is not None else _current_device()
-    run, function, packed, ck = loaded(k, idx, target)
+    cur = _current_device()
+    idx = device.index if device.index is not None else cur
+    entry = _LOADED.get((k.kid, idx, _snapshot()))
+    run, function, packed, ck = entry if entry is not None else loaded(k, idx, target)
+    if stream is None:
+        stream = _stream(idx)
     g = k.grid
     values = (*tensors, *k.tail)
-    stream = _stream(idx)
-    enter, exit_ = _active(knobs.runtime.launch_enter_hook), _active(knobs.runtime.launch_exit_hook)
+    rt = _knobs().runtime
+    enter, exit_ = _active(rt.launch_enter_hook), _active(rt.launch_exit_hook)
     meta = ck.launch_metadata(g, stream, *values) if enter is not None or exit_ is not None else None
-    if idx != _current_device():  # the module was loaded in that device's context
+    if idx != cur:  # the module was loaded in that device's context
         with _on_device(idx):
             run(g[0], g[1], g[2], stream, function, packed, meta, enter, exit_, *values)
     else:
         run(g[0], g[1], g[2], stream, function, packed, meta, enter, exit_, *values)
+
+
+def _knobs():
+    global _knobs
+    from triton import knobs
+    _knobs = lambda: knobs  # noqa: E731
+    return knobs
 
 
 def _active(hook):

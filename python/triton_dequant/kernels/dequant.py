@@ -5,8 +5,7 @@ Host functions take torch tensors already checked by :mod:`triton_dequant.ops`.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -122,8 +121,7 @@ def _aligned(t: torch.Tensor) -> bool:
 
 # --- dequantize ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DequantCall:
+class DequantCall(NamedTuple):
     """A call of :func:`dequantize`: ``packed`` seen as ``[outer, n, inner]``
     containers unpacked along the middle; ``scale``/``shift`` broadcast to the output
     and seen as ``[outer, n * PER, inner]`` with element strides ``s_strides`` /
@@ -215,8 +213,7 @@ def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None
 
 # --- dequantize_rows ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RowsCall:
+class RowsCall(NamedTuple):
     """A call of :func:`dequantize_rows`: ``R`` rows of ``E`` container elements
     (contiguous), ``dim`` outputs per row; ``aligned``: 16-byte alignment of the rows."""
     container: torch.dtype

@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -189,8 +188,7 @@ def default_config(n_bags: int, n_indices: int, outputs: int, has_weights: bool)
     return dict(block_l=block_l, num_warps=2)
 
 
-@dataclass(frozen=True)
-class BagCall:
+class BagCall(NamedTuple):
     """A call of :func:`embedding_bag`: a table of ``T`` rows of ``E`` ``container``
     elements, ``stride`` elements apart; ``n_indices`` lookups (``index_dtype``) in
     ``n_offsets`` offsets (``offset_dtype``) making ``n_bags`` bags; ``weight_dtype``:
