@@ -588,6 +588,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
+    if "triton_dequant.kernels" not in sys.modules:
+        # this command compiles for NVIDIA targets: the kernels must be JITFunctions,
+        # which TRITON_INTERPRET=1 (read when they are defined) would prevent
+        os.environ.pop("TRITON_INTERPRET", None)
     if a.op == "sweep":
         ops = tuple(o for o in a.ops.split(",") if o)
         bad = [o for o in ops if o not in OPS]

@@ -282,3 +282,27 @@ def test_grid_limits():
 def test_kernel_arguments_checked():
     with pytest.raises(TypeError, match="missing"):
         _plan.Kernel(dequant._dequant_rows, (1,), 4, 3, rows_ptr=_plan.ptr(torch.int32))
+
+
+def test_embedding_bag_lookup_counts_rebind_one_kernel(fake):
+    """The lookup count changes every call: one kernel per specialisation class
+    (and bag-length bucket), its values rebound per call."""
+    rows = torch.zeros(16, 17, dtype=torch.int32)
+    off = torch.arange(8, dtype=torch.int64) * 4
+    for n in (33, 34, 35, 37, 32, 48):  # mean bag length 4..6: BLOCK_L 8 (32 -> 4, 48 -> 8)
+        eb.embedding_bag(rows, torch.zeros(n, dtype=torch.int64), off, 4, "sum", None, 128, torch.float32, False,
+                         False)
+    keys = [k for k, _, _ in fake.loads]
+    # 33, 34, 35, 37: one kernel; 32 (% 16, BLOCK_L 4) and 48 (% 16, BLOCK_L 8) two more
+    assert len(keys) == 3
+    assert [a[3][6] for a in fake.launches] == [33, 34, 35, 37, 32, 48]  # n_idx after the 5 pointers and n_off
+
+
+def test_rebind_keeps_the_class():
+    k = dequant.plan_dequantize(_dq_call(), _plan.cuda_target(90)).kernels[0]  # n = 256, one tile per row
+    k2 = k.rebind(n=512)  # also 16-divisible
+    assert k2.key == k.key and k2.kid == k.kid and k2.grid == k.grid
+    assert dict(k2.args)["n"] == 512 and k2.tail[0] == 512 and dict(k.args)["n"] == 256
+    for bad in (dict(n=255), dict(tiles=2), dict(BLOCK=128), dict(x_ptr=3), dict(n=True)):
+        with pytest.raises(ValueError, match="specialised"):
+            k.rebind(**bad)

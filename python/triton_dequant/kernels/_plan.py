@@ -116,6 +116,20 @@ def _int_type(v: int) -> str:
     return "u64"
 
 
+def int_class(v: int) -> tuple:
+    """How Triton specialises an int argument: ``("constexpr", True)`` for 1, else
+    ``(type, divisible by 16)``."""
+    return ("constexpr", True) if v == 1 else (_int_type(v), v % 16 == 0)
+
+
+def representative(v: int) -> int:
+    """A fixed int of ``v``'s :func:`int_class` (to cache what depends only on the class)."""
+    if v == 1:
+        return 1
+    base = {"i32": 16, "i64": 2 ** 31, "u64": 2 ** 63}[_int_type(v)]
+    return base if v % 16 == 0 else base + 1
+
+
 def _hashable(v):
     """A key for a constexpr value: its type too (``True`` and ``1`` compile differently)."""
     return (type(v).__name__, v if not isinstance(v, (list, dict)) else repr(v))
@@ -132,6 +146,17 @@ def _params(fn) -> tuple:
         raw = getattr(fn, "fn", fn)
         p = tuple((q.name, "constexpr" in str(q.annotation)) for q in _pyinspect.signature(raw).parameters.values())
         _PARAMS[fn] = p
+    return p
+
+
+_POS: dict = {}
+
+
+def _positions(fn) -> dict:
+    """parameter name -> (index, declared constexpr)."""
+    p = _POS.get(fn)
+    if p is None:
+        p = _POS[fn] = {n: (i, c) for i, (n, c) in enumerate(_params(fn))}
     return p
 
 
@@ -196,6 +221,26 @@ class Kernel:
             kid = _KIDS[self.key] = len(_KIDS)
         self.kid = kid
 
+    def rebind(self, **ints) -> "Kernel":
+        """This launch with other values of some runtime integer arguments, each of
+        the same :func:`int_class` as before (so the same key and compiled kernel)."""
+        args, tail = list(self.args), list(self.tail)
+        pos = _positions(self.fn)
+        for name, v in ints.items():
+            i, declared = pos[name]
+            old = args[i][1]
+            if declared or isinstance(old, Ptr) or isinstance(v, bool) or not isinstance(v, int) or \
+                    int_class(v) != int_class(old):
+                raise ValueError(f"{self.name}: `{name}`={v!r} is not a runtime int specialised like {old!r}")
+            args[i] = (name, v)
+            tail[i - self.n_ptrs] = v
+        new = object.__new__(Kernel)
+        for slot in Kernel.__slots__:
+            setattr(new, slot, getattr(self, slot))
+        new.args = tuple(args)
+        new.tail = tuple(tail)
+        return new
+
     def __eq__(self, other):
         return isinstance(other, Kernel) and self.key == other.key and self.grid == other.grid \
             and self.tail == other.tail
@@ -250,8 +295,15 @@ def compile_kernel(k: Kernel, target: Target):
         raise ValueError("the interpreter target compiles nothing: pass cuda_target(arch)")
     lowering_state()  # refresh the state before Triton hashes the kernel
     src = ASTSource(jit_function(k.fn), dict(k.signature), dict(k.constexprs), dict(k.attrs))
-    return triton.compile(src, target=GPUTarget("cuda", target.arch, 32),
-                          options={"num_warps": k.num_warps, "num_stages": k.num_stages})
+    try:
+        return triton.compile(src, target=GPUTarget("cuda", target.arch, 32),
+                              options={"num_warps": k.num_warps, "num_stages": k.num_stages})
+    except RuntimeError as e:
+        if "InterpretedFunction" in str(e):
+            raise RuntimeError(f"{k.name} calls @triton.jit functions that TRITON_INTERPRET=1 turned into "
+                               f"interpreter objects: compile in a process without TRITON_INTERPRET "
+                               f"(python -m triton_dequant.inspect does)") from e
+        raise
 
 
 # --- lowering state -----------------------------------------------------------------------

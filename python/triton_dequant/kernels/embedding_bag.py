@@ -136,12 +136,13 @@ def _embedding_bag_kernel(rows_ptr, idx_ptr, off_ptr, w_ptr, out_ptr,
     tl.store(out_ptr + bag.to(tl.int64) * dim + o, acc.to(OUT_DTYPE), mask=(o >= 0) & (o < dim))
 
 
+@functools.lru_cache(maxsize=1024)
 def row_layout(container: torch.dtype, n_elems: int, stride: int, nbit: int, dim: int,
                block_w: Optional[int] = None, head_in: Optional[bool] = None) -> dict:
     """How the kernel reads rows of ``n_elems`` ``container`` elements ``stride``
     elements apart: tile origin (``head_in``), alignment ``vec`` (elements), row
     stride and load limit (elements from the tile origin), tile width ``block_w`` and
-    column blocks per bag."""
+    column blocks per bag. (Cached: treat the result as read-only.)"""
     width = _BITS[container]
     per = width // nbit
     elt = width // 8
@@ -170,7 +171,7 @@ def _row_stride(rows: torch.Tensor) -> int:
 def layout(rows: torch.Tensor, nbit: int, dim: int, block_w: int | None = None,
            head_in: bool | None = None) -> dict:
     """:func:`row_layout` of a ``[T, E]`` table."""
-    return row_layout(rows.dtype, rows.shape[1], _row_stride(rows), nbit, dim, block_w, head_in)
+    return dict(row_layout(rows.dtype, rows.shape[1], _row_stride(rows), nbit, dim, block_w, head_in))
 
 
 def default_config(n_bags: int, n_indices: int, outputs: int, has_weights: bool) -> dict:
@@ -182,7 +183,7 @@ def default_config(n_bags: int, n_indices: int, outputs: int, has_weights: bool)
     then span warps and the reduction goes through shared memory).
     bench/embedding_bag.py sweeps these on the GPU."""
     mean = n_indices / max(1, n_bags)
-    block_l = min(32, max(4, triton.next_power_of_2(max(1, math.ceil(mean)))))
+    block_l = min(32, max(4, 1 << (max(1, math.ceil(mean)) - 1).bit_length()))  # next power of two
     if has_weights and outputs > 128:
         block_l = min(block_l, 16)
     return dict(block_l=block_l, num_warps=2)
@@ -220,25 +221,39 @@ class BagCall(NamedTuple):
 @functools.lru_cache(maxsize=4096)
 def plan_embedding_bag(call: BagCall, target: Target) -> Plan:
     """One ``_embedding_bag_kernel`` over ``n_bags * n_blocks`` programs (none for an
-    empty output). The pointer for absent weights is the output (never read)."""
+    empty output). The pointer for absent weights is the output (never read).
+
+    The lookup count changes from call to call: the kernel is built once per
+    specialisation class of ``n_indices`` / ``n_offsets`` (see :func:`_plan.int_class`)
+    and bag-length bucket (``BLOCK_L``), and rebound to the call's values."""
     c = call
     if c.n_bags <= 0 or c.dim == 0:
         return Plan(())
+    per = _BITS[c.container] // c.nbit
+    lay = row_layout(c.container, c.E, c.stride, c.nbit, c.dim, c.block_w, c.head_in)
+    block_l = c.block_l or default_config(c.n_bags, c.n_indices, lay["block_w"] * per,
+                                          c.weight_dtype is not None)["block_l"]
+    base = _bag_kernel(c._replace(n_indices=_plan.representative(c.n_indices),
+                                  n_offsets=_plan.representative(c.n_offsets), block_l=block_l), target)
+    return Plan((base.rebind(n_idx=c.n_indices, n_off=c.n_offsets),))
+
+
+@functools.lru_cache(maxsize=1024)
+def _bag_kernel(c: BagCall, target: Target) -> Kernel:
     width = _BITS[c.container]
     per = width // c.nbit
     lay = row_layout(c.container, c.E, c.stride, c.nbit, c.dim, c.block_w, c.head_in)
     has_w = c.weight_dtype is not None
     cfg = default_config(c.n_bags, c.n_indices, lay["block_w"] * per, has_w)
     ra, ia, oa, wa = c.aligned
-    k = Kernel(_embedding_bag_kernel, (c.n_bags * lay["n_blocks"],), c.num_warps or cfg["num_warps"], 3,
-               rows_ptr=ptr(c.container, ra), idx_ptr=ptr(c.index_dtype, ia), off_ptr=ptr(c.offset_dtype, oa),
-               w_ptr=ptr(c.weight_dtype, wa) if has_w else ptr(c.dtype), out_ptr=ptr(c.dtype),
-               n_off=c.n_offsets, n_idx=c.n_indices, stride_v=lay["stride"] // lay["vec"],
-               limit_v=lay["limit"] // lay["vec"], dim=c.dim, n_blocks=lay["n_blocks"],
-               NBIT=c.nbit, PER=per, WIDTH=width, VEC=lay["vec"], HEAD_IN=lay["head_in"],
-               BLOCK_L=c.block_l or cfg["block_l"], BLOCK_W=lay["block_w"], HAS_W=has_w, MEAN=bool(c.mean),
-               SIGNED=bool(c.signed), OUT_DTYPE=_OUT[c.dtype])
-    return Plan((k,))
+    return Kernel(_embedding_bag_kernel, (c.n_bags * lay["n_blocks"],), c.num_warps or cfg["num_warps"], 3,
+                  rows_ptr=ptr(c.container, ra), idx_ptr=ptr(c.index_dtype, ia), off_ptr=ptr(c.offset_dtype, oa),
+                  w_ptr=ptr(c.weight_dtype, wa) if has_w else ptr(c.dtype), out_ptr=ptr(c.dtype),
+                  n_off=c.n_offsets, n_idx=c.n_indices, stride_v=lay["stride"] // lay["vec"],
+                  limit_v=lay["limit"] // lay["vec"], dim=c.dim, n_blocks=lay["n_blocks"],
+                  NBIT=c.nbit, PER=per, WIDTH=width, VEC=lay["vec"], HEAD_IN=lay["head_in"],
+                  BLOCK_L=c.block_l, BLOCK_W=lay["block_w"], HAS_W=has_w, MEAN=bool(c.mean),
+                  SIGNED=bool(c.signed), OUT_DTYPE=_OUT[c.dtype])
 
 
 def _aligned(t: Optional[torch.Tensor]) -> bool:
