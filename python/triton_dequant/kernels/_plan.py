@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect as _pyinspect
 import os
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -137,6 +138,7 @@ def _hashable(v):
 
 _PARAMS: dict = {}
 _KIDS: dict = {}  # kernel key -> small int (per process)
+_LOCK = threading.Lock()
 
 
 def _params(fn) -> tuple:
@@ -218,7 +220,8 @@ class Kernel:
                     tuple((n, _hashable(v)) for n, v in const.items()), self.num_warps, self.num_stages)
         kid = _KIDS.get(self.key)
         if kid is None:
-            kid = _KIDS[self.key] = len(_KIDS)
+            with _LOCK:  # one id per key, even with threads
+                kid = _KIDS.setdefault(self.key, len(_KIDS))
         self.kid = kid
 
     def rebind(self, **ints) -> "Kernel":
