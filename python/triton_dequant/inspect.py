@@ -609,6 +609,11 @@ def main(argv=None) -> int:
         return 1 if res["failed"] else 0
     call = {k: v for k, v in vars(a).items() if k not in ("op", "dump", "modifiers", "sms")}
     call["num_sms"] = a.sms
+    try:
+        plan_of(a.op, **call)
+    except (ValueError, TypeError) as e:  # a bad call description
+        print(f"python -m triton_dequant.inspect {a.op}: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(inspect(a.op, dump=a.dump, modifiers=a.modifiers, **call), indent=1))
     return 0
 
