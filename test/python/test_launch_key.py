@@ -306,3 +306,41 @@ def test_rebind_keeps_the_class():
     for bad in (dict(n=255), dict(tiles=2), dict(BLOCK=128), dict(x_ptr=3), dict(n=True)):
         with pytest.raises(ValueError, match="specialised"):
             k.rebind(**bad)
+
+
+# --- on a GPU: the issue's sequence of calls, checked against the reference -----------------
+
+def _linear_ok(x, qw, s, h, group_size):
+    from triton_dequant import reference as ref
+    y = kl.linear(x, qw, s, h, 4, group_size, 0, False)
+    w = ref.linear_weight(qw.cpu(), s.cpu(), h.cpu(), 4, dtype=x.dtype, group_size=group_size, packed_dim=0,
+                          signed=False).double()
+    want = x.cpu().double() @ w
+    err = ((y.cpu().double() - want).norm() / want.norm()).item()
+    assert err < 1e-2, err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("M", [1, 16])
+def test_gpu_same_shapes_other_dtypes(M):
+    """fp16 then fp32 then bf16 scales, fp16 then bf16 x, same shapes: each call is
+    right (before the fix the second call reused the first call's kernel)."""
+    K, N = 512, 256
+    g = torch.Generator().manual_seed(0)
+    qw = torch.randint(-2 ** 31, 2 ** 31 - 1, (K // 8, N), dtype=torch.int32, generator=g).cuda()
+    s = (torch.rand(N, generator=g) * 0.02).cuda()
+    h = (torch.randn(N, generator=g) * 0.01).cuda()
+    for xd, sd in ((torch.float16, torch.float16), (torch.float16, torch.float32), (torch.float16, torch.bfloat16),
+                   (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)):
+        x = torch.randn(M, K, generator=g).to(xd).cuda()
+        _linear_ok(x, qw, s.to(sd), h.to(sd), K)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_two_devices():
+    K, N = 512, 256
+    for dev in ("cuda:0", "cuda:1", "cuda:0"):
+        g = torch.Generator().manual_seed(1)
+        qw = torch.randint(-2 ** 31, 2 ** 31 - 1, (K // 8, N), dtype=torch.int32, generator=g).to(dev)
+        s, h = (torch.rand(N, generator=g) * 0.02).to(dev), (torch.randn(N, generator=g) * 0.01).to(dev)
+        _linear_ok(torch.randn(1, K, generator=g).half().to(dev), qw, s, h, K)
