@@ -318,11 +318,14 @@ def _case_call(op: str, case: dict) -> dict:
     if op == "linear":
         K, N = _LINEAR_SHAPES[c.pop("shape")]
         scale = c.pop("scale")
+        config = dict(c.pop("config", None) or {})
         call = dict(c, K=K, N=N, arch=arch)
-        if scale == "channel":
-            return dict(call, group_size=0)
         if scale == "channel_asm":
-            return dict(call, group_size=0, config={"post": False})
+            config["post"] = False
+        if config:
+            call["config"] = config
+        if scale in ("channel", "channel_asm"):
+            return dict(call, group_size=0)
         if scale == "group":
             return dict(call, group_size=128)
         return dict(call, group_size=_rows_group(call))
@@ -386,10 +389,24 @@ REGRESSIONS = [
 ]
 
 
+# launch options only a config override selects (kernels.linear.Config), each once
+# per architecture: fp32 atomics for split-K, fp32 products for fp16 x, the register
+# double buffer for 8 codes per container, the tensor-core kernel for a decode call
+_CONFIGS = [(dict(M=1, scale="channel"), {"reduce": 2}), (dict(M=16, scale="group"), {"reduce": 2}),
+            (dict(M=2, scale="channel"), {"dot16": False}), (dict(M=1, scale="group"), {"prefetch": True}),
+            (dict(M=1, scale="channel"), {"kernel": "mm", "bm": 16, "bk": 64, "bn": 64})]
+CONFIG_CASES = [
+    ("linear", dict(dict(container="int32", nbit=4, signed=False, dtype="fp16", scale_dtype="fp16", packed_dim=0,
+                         shape="even", arch=arch), **case, config=cfg))
+    for case, cfg in _CONFIGS for arch in (80, 90)
+]
+
+
 def sweep_cases(ops=OPS, full: bool = False, strength: int = 2, seed: int = 0) -> list:
     """``(op, case)`` for every case of the sweep: the product of each op's axes
     (``full``) or a covering array of them of the given ``strength`` (2: pairwise),
-    plus :data:`REGRESSIONS`."""
+    plus :data:`REGRESSIONS` (calls that once failed) and :data:`CONFIG_CASES`
+    (launch options that only a config override selects)."""
     out = []
     for op in ops:
         axes = AXES[op]
@@ -398,7 +415,7 @@ def sweep_cases(ops=OPS, full: bool = False, strength: int = 2, seed: int = 0) -
         else:
             rows = covering_array(axes, strength, seed)
         out += [(op, r) for r in rows]
-    return out + [(op, r) for op, r in REGRESSIONS if op in ops]
+    return out + [(op, r) for op, r in REGRESSIONS + CONFIG_CASES if op in ops]
 
 
 def unique_kernels(cases) -> tuple:

@@ -60,6 +60,17 @@ def test_sweep_realizes_the_modes():
         assert plan.kernels[0].name == "gemv_kernel" and c["SCALE"] == 0 and c["XSHIFT"] in (1, 2, 3)
 
 
+def test_config_cases_select_their_option():
+    want = [("gemv_kernel", "REDUCE", 2), ("mm_kernel", "REDUCE", 2), ("gemv_kernel", "MODE", 0),
+            ("gemv_kernel", "PREFETCH", True), ("mm_kernel", "BM", 16)]
+    got = []
+    for op, case in tdi.CONFIG_CASES[::2]:  # one per architecture pair
+        k = tdi.plan_of(op, **tdi._case_call(op, case))[0].kernels[0]
+        got.append(k)
+    assert [(k.name, k.constexprs[c]) for k, (_, c, _) in zip(got, want)] == [(n, v) for n, _, v in want]
+    assert all(k.constexprs["SPLIT"] > 1 for k in got[:2])  # split-K, where REDUCE matters
+
+
 def test_every_plan_compiles():
     """The CI sweep: every distinct kernel of the pairwise covering array, compiled
     for its architecture in a process without TRITON_INTERPRET (2 workers)."""
