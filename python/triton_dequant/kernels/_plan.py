@@ -36,6 +36,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .. import state as _state
+
 __all__ = ["Target", "Ptr", "Kernel", "Plan", "cuda_target", "interpreter_target", "target_of", "ptr",
            "compile_kernel", "launch", "launch_key", "lowering_state"]
 
@@ -311,36 +313,16 @@ def compile_kernel(k: Kernel, target: Target):
 
 # --- lowering state -----------------------------------------------------------------------
 
-def _state_fns():
-    """(refresh, snapshot) functions for the lowering state of ``tl.dequantize``:
-    ``refresh`` re-reads the environment (at a compile and at a launch-cache miss),
-    ``snapshot`` is what a launch compares (no environment read: an environment
-    variable changed within a process takes effect at the next refresh)."""
-    try:
-        from .. import state  # the explicit state module, where present
-        return state.lowering_state, state.current
-    except ImportError:
-        from .. import language, layout
-        env = [None]
-
-        def snapshot():
-            # the switches language.lowering_key() depends on within a process (its
-            # source hashes are computed once per process), read without hashing
-            return (language._portable_override, layout._enabled, layout._policy, layout._installed_hook, env[0])
-
-        def refresh():
-            env[0] = (os.environ.get("TRITON_DEQUANT_PORTABLE"), os.environ.get("TRITON_DEQUANT_LAYOUT"))
-            return snapshot()
-        refresh()
-        return refresh, snapshot
-
-
-_refresh, _snapshot = _state_fns()
-
-
 def lowering_state():
-    """The lowering state now (refreshed): part of every launch-cache key."""
-    return _refresh()
+    """The lowering state of ``tl.dequantize`` now (refreshed: :func:`triton_dequant.state.lowering_state`):
+    part of every launch-cache key. A launch compares the snapshot
+    (:func:`triton_dequant.state.current`, no environment read), so an environment
+    variable changed within a process takes effect at the next refresh (a switch
+    call, a compile, a launch-cache miss)."""
+    return _state.lowering_state()
+
+
+_snapshot = _state.current  # (a launch's read: no refresh)
 
 
 # --- launch -------------------------------------------------------------------------------
