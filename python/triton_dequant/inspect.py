@@ -149,34 +149,55 @@ def plan_embedding_bag(rows=1 << 20, dim=128, nbit=4, container="int32", bags=65
 
 
 def plan_linear(M=1, K=4096, N=4096, nbit=4, group_size=0, dtype="fp16", scale_dtype=None, container="int32",
-                signed=False, packed_dim=0, arch=90, num_sms=None, config=None):
+                signed=False, packed_dim=0, layout=None, bias=False, bias_dtype=None, arch=90, num_sms=None,
+                config=None):
     """``ops.linear`` of ``x [M, K]`` and a ``[K, N]`` weight of ``nbit`` codes in
-    ``container`` packed along K (``packed_dim=0``) or N; ``group_size`` 0: per-channel
-    scale/shift. ``config``: a :class:`~triton_dequant.kernels.linear.Config` or a dict
+    ``container`` packed along K (``packed_dim=0``) or N, or prepacked (``layout``:
+    "default" -- the default :class:`~triton_dequant.layouts.MmaLayout` of the
+    architecture for ``nbit`` --, a layout name or object); ``group_size`` 0:
+    per-channel scale/shift; ``bias``: a ``[N]`` bias of ``bias_dtype`` (default
+    ``dtype``). ``config``: a :class:`~triton_dequant.kernels.linear.Config` or a dict
     of fields replacing those of the default config (e.g. ``{"post": False}``)."""
+    from . import layouts
     from .kernels import linear as kl
-    cont = _pick(CONTAINERS, "container", container)
-    per = _check_nbit(nbit, cont)
     xd = _pick(DTYPES, "dtype", dtype)
     if xd not in (torch.float16, torch.bfloat16):
         raise ValueError("`dtype` must be fp16 or bf16")
     sd = _pick(DTYPES, "scale_dtype", scale_dtype if scale_dtype is not None else dtype)
-    if packed_dim not in (0, 1):
-        raise ValueError(f"`packed_dim` must be 0 or 1, got {packed_dim!r}")
-    if (K if packed_dim == 0 else N) % per:
-        raise ValueError(f"{'K' if packed_dim == 0 else 'N'} must be a multiple of the {per} codes per container")
-    g = group_size or K
-    if K % g or (g < K and packed_dim == 0 and g % per):
-        raise ValueError(f"`group_size` {group_size} must divide K={K} (and be a multiple of {per} along K)")
-    groups = K // g
     target = _target(arch, num_sms)
+    lay = None
+    if layout is not None:
+        lay = (layouts.default_layout("sm90" if arch >= 90 else "sm80", nbit) if layout == "default"
+               else layouts.as_layout(layout))
+        if lay.nbit != nbit:
+            raise ValueError(f"`nbit` ({nbit}) must be the layout's ({lay.nbit}, {lay.name})")
+        cont, per, packed_dim = torch.int32, lay.per, 0
+    else:
+        cont = _pick(CONTAINERS, "container", container)
+        per = _check_nbit(nbit, cont)
+        if packed_dim not in (0, 1):
+            raise ValueError(f"`packed_dim` must be 0 or 1, got {packed_dim!r}")
+        if (K if packed_dim == 0 else N) % per:
+            raise ValueError(f"{'K' if packed_dim == 0 else 'N'} must be a multiple of the {per} codes per "
+                             f"container")
+    g = group_size or K
+    if K % g or (g < K and lay is None and packed_dim == 0 and g % per):
+        raise ValueError(f"`group_size` {group_size} must divide K={K} (and be a multiple of {per} along K)")
+    if lay is not None and g < K:
+        lay.check_group_size(g)
+    groups = K // g
     if isinstance(config, dict):
-        base = kl.default_config(M, K, N, nbit, _BITS[cont], packed_dim, xd, target.num_sms)
+        base = (kl.prepacked_config(M, K, N, lay, xd, target.num_sms) if lay is not None
+                else kl.default_config(M, K, N, nbit, _BITS[cont], packed_dim, xd, target.num_sms))
         config = dataclasses.replace(base, **config)
-    qshape = (K // per, N) if packed_dim == 0 else (K, N // per)
+    if lay is not None:
+        qshape = lay.shape(K, N)
+    else:
+        qshape = (K // per, N) if packed_dim == 0 else (K, N // per)
     sshape = (N,) if groups == 1 else (groups, N)
+    b = _meta((N,), _pick(DTYPES, "bias_dtype", bias_dtype if bias_dtype is not None else dtype)) if bias else None
     call, *_ = kl._prepare(_meta((M, K), xd), _meta(qshape, cont), _meta(sshape, sd), _meta(sshape, sd), nbit, g,
-                           packed_dim, signed, config)
+                           packed_dim, signed, config, None, lay, b)
     return kl.plan(call, target), target
 
 
@@ -187,6 +208,8 @@ PLANNERS = {"dequantize": plan_dequantize, "dequantize_rows": plan_dequantize_ro
 def plan_of(op: str, **call):
     """``(plan, target)`` of a call of ``op`` described by keyword arguments (see the
     ``plan_*`` functions of this module for each op's arguments and defaults)."""
+    if op == "linear_prepacked":  # (a sweep name: linear on prepacked weights)
+        op = "linear"
     if op not in PLANNERS:
         raise ValueError(f"`op` must be one of {', '.join(OPS)}, got {op!r}")
     return PLANNERS[op](**call)
@@ -297,7 +320,12 @@ def covering_array(axes: dict, strength: int = 2, seed: int = 0, tries: int = 16
 # output tiles that no split-K is chosen).
 LINEAR_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False, True], dtype=["fp16", "bf16"],
                    scale_dtype=["fp16", "bf16", "fp32"], scale=["channel", "channel_asm", "group", "group_rows"],
-                   M=[1, 2, 3, 4, 5, 16, 64, 128], packed_dim=[0, 1], shape=["even", "ragged", "wide"], arch=[80, 90])
+                   M=[1, 2, 3, 4, 5, 16, 64, 128, 256], packed_dim=[0, 1], shape=["even", "ragged", "wide"],
+                   arch=[80, 90])
+# prepacked weights (the default layout of each architecture)
+PREPACKED_AXES = dict(nbit=[2, 4, 8], signed=[False, True], dtype=["fp16", "bf16"], scale_dtype=["fp16", "bf16", "fp32"],
+                      scale=["channel", "channel_asm", "group", "group_rows"], M=[1, 2, 5, 16, 64, 128, 256],
+                      shape=["even", "ragged", "wide"], bias=[False, True], arch=[80, 90])
 DEQUANT_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False, True],
                     dtype=["fp16", "bf16", "fp32"], scale_dtype=["fp16", "bf16", "fp32"],
                     scale=["number", "row", "output"], dim=["last", "middle"], shape=["even", "ragged"], arch=[80, 90])
@@ -306,7 +334,9 @@ ROWS_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False, T
 BAG_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False, True], mode=["sum", "mean", "weighted"],
                 dtype=["fp16", "fp32"], index_dtype=["int32", "int64"], dim=[128, 512, 100], row_align=[1, 16],
                 lookups=[1, 8, 32], arch=[80, 90])
-AXES = {"linear": LINEAR_AXES, "dequantize": DEQUANT_AXES, "dequantize_rows": ROWS_AXES, "embedding_bag": BAG_AXES}
+AXES = {"linear": LINEAR_AXES, "linear_prepacked": PREPACKED_AXES, "dequantize": DEQUANT_AXES,
+        "dequantize_rows": ROWS_AXES, "embedding_bag": BAG_AXES}
+SWEEP_OPS = ("dequantize", "dequantize_rows", "embedding_bag", "linear", "linear_prepacked")
 
 _LINEAR_SHAPES = {"even": (4096, 4096), "ragged": (4224, 4000), "wide": (4096, 65536)}
 
@@ -315,11 +345,13 @@ def _case_call(op: str, case: dict) -> dict:
     """The ``plan_of`` arguments of a sweep case (a dict of axis values)."""
     c = dict(case)
     arch = c.pop("arch")
-    if op == "linear":
+    if op in ("linear", "linear_prepacked"):
         K, N = _LINEAR_SHAPES[c.pop("shape")]
         scale = c.pop("scale")
         config = dict(c.pop("config", None) or {})
         call = dict(c, K=K, N=N, arch=arch)
+        if op == "linear_prepacked":
+            call["layout"] = "default"
         if scale == "channel_asm":
             config["post"] = False
         if config:
@@ -350,12 +382,12 @@ def _case_call(op: str, case: dict) -> dict:
 def _rows_group(call: dict) -> int:
     """A group size for which the plan takes one scale row per tile row (``SCALE_GROUP_ROWS``)."""
     from .kernels.linear import _common
-    per = _BITS[CONTAINERS[call["container"]]] // call["nbit"]
     for g in (8, 16, 32, 64):
-        if call["K"] % g or (call["packed_dim"] == 0 and g % per):
+        try:
+            plan, _ = plan_linear(**dict(call, group_size=g))
+        except ValueError:  # not a group size these weights take
             continue
-        plan, _ = plan_linear(**dict(call, group_size=g))
-        if plan.kernels[0].constexprs["SCALE"] == _common.SCALE_GROUP_ROWS.value:
+        if plan.route == "dequant" or plan.kernels[0].constexprs["SCALE"] == _common.SCALE_GROUP_ROWS.value:
             return g
     raise AssertionError(f"no per-row group size for {call}")
 
@@ -366,7 +398,7 @@ _SCALE_WANTED = {"channel_asm": "SCALE_CHANNEL", "group": "SCALE_GROUP", "group_
 def _check_case(op: str, case: dict, plan) -> None:
     """The plan realizes the case's mode axes (a sweep that silently fell back to
     another mode would not test what it claims)."""
-    if op == "linear" and case["scale"] in _SCALE_WANTED:
+    if op in ("linear", "linear_prepacked") and case["scale"] in _SCALE_WANTED and plan.route != "dequant":
         from .kernels.linear import _common
         want = getattr(_common, _SCALE_WANTED[case["scale"]]).value
         got = plan.kernels[0].constexprs["SCALE"]
@@ -402,7 +434,7 @@ CONFIG_CASES = [
 ]
 
 
-def sweep_cases(ops=OPS, full: bool = False, strength: int = 2, seed: int = 0) -> list:
+def sweep_cases(ops=SWEEP_OPS, full: bool = False, strength: int = 2, seed: int = 0) -> list:
     """``(op, case)`` for every case of the sweep: the product of each op's axes
     (``full``) or a covering array of them of the given ``strength`` (2: pairwise),
     plus :data:`REGRESSIONS` (calls that once failed) and :data:`CONFIG_CASES`
@@ -447,7 +479,7 @@ def _compile_one(item) -> tuple:
         return False, time.perf_counter() - t0, f"{type(e).__name__}: {str(e)[:2000]}"
 
 
-def sweep(ops=OPS, full: bool = False, jobs: int = 1, strength: int = 2, seed: int = 0, log=None) -> dict:
+def sweep(ops=SWEEP_OPS, full: bool = False, jobs: int = 1, strength: int = 2, seed: int = 0, log=None) -> dict:
     """Compile every unique kernel of the sweep (see :func:`sweep_cases`) with ``jobs``
     processes. Returns counts, wall and compile seconds, and the failures."""
     from .kernels import _plan
@@ -589,6 +621,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--container", default="int32", choices=list(CONTAINERS))
     q.add_argument("--signed", action="store_true")
     q.add_argument("--packed-dim", type=int, default=0, choices=[0, 1], help="0: codes packed along K, 1: along N")
+    q.add_argument("--layout", default=None,
+                   help="prepacked weights: 'default' (the arch's layout for nbit) or a layout name "
+                        "(mma_sm90_4b_n128k64w4...)")
+    q.add_argument("--bias", action="store_true", help="a [N] bias")
     q.add_argument("--config", type=_config, default=None,
                    help="override fields of the default launch config, e.g. post=0,split=4")
     common(q)
@@ -596,7 +632,7 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sweep", help="compile every plan of the sweep (CI: a pairwise covering subset)")
     q.add_argument("--full", action="store_true", help="the whole product of the axes (~10^5 kernels: days)")
     q.add_argument("--strength", type=int, default=2, help="covering strength: 2 pairwise (CI), 3 triples...")
-    q.add_argument("--ops", default=",".join(OPS))
+    q.add_argument("--ops", default=",".join(SWEEP_OPS))
     q.add_argument("-j", "--jobs", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--count", action="store_true", help="only count cases and unique kernels (no compile)")
@@ -611,9 +647,9 @@ def main(argv=None) -> int:
         os.environ.pop("TRITON_INTERPRET", None)
     if a.op == "sweep":
         ops = tuple(o for o in a.ops.split(",") if o)
-        bad = [o for o in ops if o not in OPS]
+        bad = [o for o in ops if o not in SWEEP_OPS]
         if bad:
-            raise SystemExit(f"unknown op(s) {bad}; one of {', '.join(OPS)}")
+            raise SystemExit(f"unknown op(s) {bad}; one of {', '.join(SWEEP_OPS)}")
         if a.count:
             cases = sweep_cases(ops, a.full, a.strength, a.seed)
             items, planned = unique_kernels(cases)

@@ -130,7 +130,7 @@ def test_runtime_values_share_a_kernel(fake):
     _linear(_linear_args(M=3))
     _linear(_linear_args(M=4))
     assert len(fake.loads) == 1 and len(fake.launches) == 2
-    assert fake.launches[0][3][7] == 3 and fake.launches[1][3][7] == 4  # M (after the 7 pointers)
+    assert fake.launches[0][3][8] == 3 and fake.launches[1][3][8] == 4  # M (after the 8 pointers)
     _linear(_linear_args(M=16))  # M % 16 == 0 is a specialisation (and another tile)
     assert len(fake.loads) == 2
 
@@ -344,3 +344,25 @@ def test_gpu_two_devices():
         qw = torch.randint(-2 ** 31, 2 ** 31 - 1, (K // 8, N), dtype=torch.int32, generator=g).to(dev)
         s, h = (torch.rand(N, generator=g) * 0.02).to(dev), (torch.randn(N, generator=g) * 0.01).to(dev)
         _linear_ok(torch.randn(1, K, generator=g).half().to(dev), qw, s, h, K)
+
+
+@pytest.mark.parametrize("a,b", [
+    (dict(bias=True, bias_dtype="fp16"), dict(bias=True, bias_dtype="fp32")),   # bias dtype
+    (dict(bias=False), dict(bias=True)),
+    (dict(scale_dtype="fp16"), dict(scale_dtype="bf16")),
+    (dict(dtype="fp16"), dict(dtype="bf16")),
+], ids=["bias16-32", "nobias-bias", "scale16-bf16", "x16-bf16"])
+@pytest.mark.parametrize("route", [dict(M=16, layout="default"), dict(M=16), dict(M=1), dict(M=256)],
+                         ids=["prepacked", "mm", "gemv", "dequant"])
+def test_linear_routes_key_every_dtype(route, a, b):
+    """Every route of linear (GEMV, tensor cores on plain or prepacked weights, and
+    the dequant + matmul route, whose kernel is the dequantize kernel) keys its
+    kernel on each tensor's dtype (the dequant route's kernel does not see x or bias)."""
+    from triton_dequant import inspect as tdi
+    pa, _ = tdi.plan_linear(K=1024, N=1024, group_size=128, **route, **a)
+    pb, _ = tdi.plan_linear(K=1024, N=1024, group_size=128, **route, **b)
+    ka, kb = pa.kernels[0], pb.kernels[0]
+    if pa.route == "dequant" and ("bias" in a or "dtype" in a):
+        assert ka.key != kb.key if "dtype" in a else ka.key == kb.key  # W is dequantized to x.dtype
+    else:
+        assert ka.key != kb.key
