@@ -2,25 +2,24 @@
 machine (no GPU or driver needed) and look at what ``tl.dequantize`` emitted."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import tempfile
+from collections import Counter
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
 
 from . import ptx
+from .kernels._plan import jit_function as as_jit  # noqa: F401  (one home; the old name)
 from .state import lowering_state
 
 _INT_TO_FLOAT = re.compile(r"cvt\.\w+\.(f16|bf16|f32|f64)(x2)?\.[su](8|16|32|64)\b")
 
-
-def as_jit(fn) -> JITFunction:
-    """A compilable JITFunction even when ``TRITON_INTERPRET=1`` made ``@triton.jit``
-    return an interpreter object."""
-    if isinstance(fn, JITFunction):
-        return fn
-    return JITFunction(getattr(fn, "fn", fn))
+# cuobjdump / nvdisasm ship in the triton wheel
+NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
 def compile_for(fn, signature: dict, constexprs: dict | None = None, *, capability: int = 90,
@@ -50,3 +49,67 @@ def dequant_asm_blocks(ptx_text: str) -> list[str]:
 def int_to_float_conversions(ptx_text: str) -> list[str]:
     """Integer-to-float ``cvt`` instructions in a PTX text."""
     return [m.group(0) for m in _INT_TO_FLOAT.finditer(ptx_text)]
+
+
+# --- SASS ------------------------------------------------------------------------------------
+
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([os.path.join(NVIDIA_BIN, "cuobjdump"), *flags, path], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def sass_of(cubin: bytes) -> str:
+    """The SASS of a cubin (``cuobjdump -sass``)."""
+    return _cuobjdump(cubin, "-sass")
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """``cuobjdump -res-usage`` of a one-kernel cubin: ``registers`` per thread,
+    ``stack`` and ``local`` bytes per thread (local memory = register spills and
+    local arrays: what Triton reports as ``n_spills``), static ``shared`` bytes."""
+    text = _cuobjdump(cubin, "-res-usage")
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", text)
+    if m is None:
+        raise ValueError(f"no resource usage in cuobjdump's output:\n{text}")
+    reg, stack, shared, local = (int(v) for v in m.groups())
+    return dict(registers=reg, stack=stack, shared=shared, local=local)
+
+
+_INS = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def instructions(sass: str) -> list:
+    """``(address, text)`` of every SASS instruction."""
+    out = []
+    for line in sass.splitlines():
+        m = _INS.match(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2).strip()))
+    return out
+
+
+def main_loop(sass: str) -> list:
+    """Instruction texts of the largest backward-branch loop (the main loop)."""
+    ins = instructions(sass)
+    best = []
+    for addr, text in ins:
+        b = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", text)
+        if b and b.group(1) and int(b.group(1), 16) < addr:
+            body = [t for a_, t in ins if int(b.group(1), 16) <= a_ <= addr]
+            best = max(best, body, key=len)
+    return best
+
+
+def op(text: str) -> str:
+    """The opcode of one SASS instruction text, modifiers included (``LDG.E.128``), predicate dropped."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
+
+
+def opcode_counts(texts, modifiers: bool = False) -> dict:
+    """Instructions per opcode (``LDG`` or, with ``modifiers``, ``LDG.E.128``), most frequent first."""
+    c = Counter(op(t) if modifiers else op(t).split(".")[0] for t in texts)
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -62,18 +62,15 @@
 # MM64: sass loop: {{.*}} HGMMA=4
 
 import argparse
-import os
 import re
-import subprocess
-import tempfile
 from collections import Counter
 
 import triton
 
 from lit_utils import compile_for
 from triton_dequant.kernels import linear as kl
+from triton_dequant.testing import NVIDIA_BIN as BIN, main_loop, op, sass_of  # noqa: F401  (linear_mma.py)
 
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # instructions per weight per thread in the main loop (the H100 issue budget:
 # ~17 us for int4 at 8192^2 means <= ~6 per weight even at perfect overlap)
 BUDGET = {("gemv", 8): 4.0, ("gemv", 4): 3.6, ("gemv", 2): 3.0, ("mm", 4): 5.0}
@@ -139,35 +136,6 @@ def int32_stride_products(ttir: str, args=("%stride_xm", "%stride_ym")):
             bad.append(line.strip())
     assert all(a in ttir for a in args), "row-stride arguments not found in the TTIR"
     return bad
-
-
-def sass_of(cubin: bytes) -> str:
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        return subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path], capture_output=True, text=True,
-                              check=True).stdout
-
-
-def main_loop(sass: str):
-    """Instructions of the largest backward-branch loop."""
-    ins = []
-    for line in sass.splitlines():
-        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if m:
-            ins.append((int(m.group(1), 16), m.group(2).strip()))
-    best = []
-    for addr, text in ins:
-        b = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", text)
-        if b and b.group(1) and int(b.group(1), 16) < addr:
-            body = [t for a_, t in ins if int(b.group(1), 16) <= a_ <= addr]
-            best = max(best, body, key=len)
-    return best
-
-
-def op(t: str) -> str:
-    return re.sub(r"^@!?U?P\w+\s+", "", t).split()[0]
 
 
 if __name__ == "__main__":

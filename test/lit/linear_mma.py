@@ -41,10 +41,10 @@ import torch
 import triton
 
 from linear import BIN, int32_stride_products, main_loop, op, sass_of
-from lit_utils import compile_for
 from triton_dequant import layouts
+from triton_dequant.inspect import plan_linear
+from triton_dequant.kernels import _plan
 from triton_dequant.kernels import linear as kl
-from triton_dequant.kernels.linear import _common
 
 # SASS instructions per weight per thread in the main loop (dequant 1.5, scale
 # fma 0.5, per-word scale loads, the MMA's operand moves, address and pipeline
@@ -65,27 +65,20 @@ def registers(cubin: bytes) -> int:
 
 
 def build(a):
+    """The launch table's config for the call, planned and compiled exactly as the
+    CUDA path plans and compiles it (triton_dequant.inspect.plan_linear -> kernels._plan)."""
     arch = "sm90" if a.arch >= 90 else "sm80"
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     lay = layouts.default_layout(arch, a.nbit)
     K = N = 8192
     cfg = kl.prepacked_config(a.m, K, N, lay, dt)
-    groups = 1 if a.group is None else K // a.group
-    gs = K if a.group is None else a.group
     if a.inside:
         cfg = kl.Config(**{**cfg.__dict__, "post": False})
-    plan = kl._plan(cfg, a.m, K, N, a.nbit, 32, 0, dt, groups, gs, a.signed, _common.unpack, False, lay, a.bias)
-    kw = dict(plan.kwargs)
-    warps = kw.pop("num_warps")
-    tl_dt = a.dtype
-    sig = {"x_ptr": f"*{tl_dt}", "w_ptr": "*i32", "s_ptr": f"*{tl_dt}", "h_ptr": f"*{tl_dt}", "b_ptr": f"*{tl_dt}",
-           "y_ptr": f"*{tl_dt}", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
-           "stride_xm": "i32", "stride_ym": "i32", "group_size": "i32", "iters": "i32", "n_tiles": "i32",
-           "k_tiles": "i32"}
-    # pointers, N, K, the row strides and the group size 16-divisible, as for 8192 x 8192 torch tensors
-    k = compile_for(kl.mma_prepacked_kernel, sig, kw, capability=a.arch, num_warps=warps, num_stages=1,
-                    aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13))
-    return k, lay, cfg, kw
+    plan, target = plan_linear(M=a.m, K=K, N=N, nbit=a.nbit, group_size=a.group or 0, dtype=a.dtype,
+                               signed=a.signed, layout=lay, bias=a.bias, arch=a.arch, config=cfg)
+    kern = plan.kernels[0]
+    k = _plan.compile_kernel(kern, target)
+    return k, lay, cfg, kern.constexprs
 
 
 if __name__ == "__main__":

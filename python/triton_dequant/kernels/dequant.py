@@ -4,11 +4,17 @@ Host functions take torch tensors already checked by :mod:`triton_dequant.ops`.
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple, Optional
+
 import torch
 import triton
 import triton.language as tl
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
+
+from . import _plan
+from ._plan import Kernel, Plan, Target, ptr
 
 _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 _BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
@@ -62,54 +68,6 @@ def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, tiles_n, tiles_b, s_outer
     tl.store(y_ptr + a * n * PER * inner + ro * inner + rb, y, mask=omask)
 
 
-def _as3(t: torch.Tensor, out_shape: list, o3: tuple) -> torch.Tensor:
-    """``t`` broadcast to the output and seen as (outer, n*PER, inner); a view
-    (stride 0 where broadcast) whenever the merged dims allow it."""
-    t = t.reshape([1] * (len(out_shape) - t.dim()) + list(t.shape))
-    return t.expand(out_shape).reshape(o3)
-
-
-def _default_tile(per: int, dtype: torch.dtype, num_warps: int) -> int:
-    """Words per program so that each thread owns one 16-byte vector of outputs:
-    on the H100 that is where the standalone kernel runs at the copy limit
-    (bench/results/h100_sweep_dequant.log), and no layout conversion is needed."""
-    out_per_thread = 16 // torch.empty((), dtype=dtype).element_size()
-    return num_warps * 32 * max(1, out_per_thread // per)
-
-
-def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
-    width = _BITS[packed.dtype]
-    per = width // nbit
-    packed = packed.contiguous()
-    shape = list(packed.shape)
-    outer = int(torch.tensor(shape[:dim]).prod()) if dim else 1
-    n = shape[dim]
-    inner = int(torch.tensor(shape[dim + 1:]).prod()) if dim + 1 < len(shape) else 1
-    out_shape = list(shape)
-    out_shape[dim] *= per
-    y = torch.empty(out_shape, dtype=dtype, device=packed.device)
-    if y.numel() == 0:
-        return y
-    # scale/shift broadcast to the output, seen as [outer, n*PER, inner]
-    o3 = (outer, n * per, inner)
-    s3, h3 = _as3(scale, out_shape, o3), _as3(shift, out_shape, o3)
-    per_output = s3.stride(1) != 0 or h3.stride(1) != 0
-    block = block or _default_tile(per, dtype, num_warps)
-    common = dict(PER=per, NBIT=nbit, DST=_TL[dtype], SIGNED=signed, PER_OUTPUT=per_output)
-    if inner == 1:
-        b = min(block, triton.next_power_of_2(n))
-        tiles = triton.cdiv(n, b)
-        _dequant_last[(outer * tiles,)](packed, s3, h3, y, n, tiles, s3.stride(0), h3.stride(0),
-                                        s3.stride(1), h3.stride(1), BLOCK=b, num_warps=num_warps, **common)
-    else:
-        bb = min(64, triton.next_power_of_2(inner))
-        bn = max(1, min(triton.next_power_of_2(n), 4096 // (bb * per)))
-        tn, tb = triton.cdiv(n, bn), triton.cdiv(inner, bb)
-        _dequant_mid[(outer * tn * tb,)](packed, s3, h3, y, n, inner, tn, tb, *s3.stride(), *h3.stride(),
-                                         BN=bn, BB=bb, num_warps=num_warps, **common)
-    return y
-
-
 @triton.jit
 def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.constexpr,
                   NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr):
@@ -142,17 +100,162 @@ def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.co
     tl.store(y_ptr + row * dim + out, y, mask=out < dim)
 
 
-def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
-    width = _BITS[rows.dtype]
+def _as3(t: torch.Tensor, out_shape: list, o3: tuple) -> torch.Tensor:
+    """``t`` broadcast to the output and seen as (outer, n*PER, inner); a view
+    (stride 0 where broadcast) whenever the merged dims allow it."""
+    t = t.reshape([1] * (len(out_shape) - t.dim()) + list(t.shape))
+    return t.expand(out_shape).reshape(o3)
+
+
+def _default_tile(per: int, dtype: torch.dtype, num_warps: int) -> int:
+    """Words per program so that each thread owns one 16-byte vector of outputs:
+    on the H100 that is where the standalone kernel runs at the copy limit
+    (bench/results/h100_sweep_dequant.log), and no layout conversion is needed."""
+    out_per_thread = 16 // torch.empty((), dtype=dtype).element_size()
+    return num_warps * 32 * max(1, out_per_thread // per)
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % 16 == 0
+
+
+# --- dequantize ------------------------------------------------------------------------------
+
+class DequantCall(NamedTuple):
+    """A call of :func:`dequantize`: ``packed`` seen as ``[outer, n, inner]``
+    containers unpacked along the middle; ``scale``/``shift`` broadcast to the output
+    and seen as ``[outer, n * PER, inner]`` with element strides ``s_strides`` /
+    ``h_strides`` (0 where broadcast); ``aligned``: 16-byte alignment of the packed,
+    scale and shift tensors."""
+    container: torch.dtype
+    nbit: int
+    signed: bool
+    dtype: torch.dtype
+    scale_dtype: torch.dtype
+    shift_dtype: torch.dtype
+    outer: int
+    n: int
+    inner: int
+    s_strides: tuple
+    h_strides: tuple
+    aligned: tuple = (True, True, True)
+    block: Optional[int] = None
+    num_warps: int = 8
+
+    @property
+    def per(self) -> int:
+        return _BITS[self.container] // self.nbit
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_dequantize(call: DequantCall, target: Target) -> Plan:
+    """The launches of a :class:`DequantCall`: one ``_dequant_last`` (``inner == 1``)
+    or ``_dequant_mid`` kernel, none for an empty output."""
+    c = call
+    per = c.per
+    if c.outer * c.n * c.inner == 0:
+        return Plan(())
+    per_output = c.s_strides[1] != 0 or c.h_strides[1] != 0
+    block = c.block or _default_tile(per, c.dtype, c.num_warps)
+    pa, sa, ha = c.aligned
+    common = dict(x_ptr=ptr(c.container, pa), s_ptr=ptr(c.scale_dtype, sa), h_ptr=ptr(c.shift_dtype, ha),
+                  y_ptr=ptr(c.dtype), PER=per, NBIT=c.nbit, DST=_TL[c.dtype], SIGNED=bool(c.signed),
+                  PER_OUTPUT=per_output)
+    if c.inner == 1:
+        b = min(block, triton.next_power_of_2(c.n))
+        tiles = triton.cdiv(c.n, b)
+        k = Kernel(_dequant_last, (c.outer * tiles,), c.num_warps, 3, n=c.n, tiles=tiles,
+                   s_row=c.s_strides[0], h_row=c.h_strides[0], s_col=c.s_strides[1], h_col=c.h_strides[1],
+                   BLOCK=b, **common)
+    else:
+        bb = min(64, triton.next_power_of_2(c.inner))
+        bn = max(1, min(triton.next_power_of_2(c.n), 4096 // (bb * per)))
+        tn, tb = triton.cdiv(c.n, bn), triton.cdiv(c.inner, bb)
+        s, h = c.s_strides, c.h_strides
+        k = Kernel(_dequant_mid, (c.outer * tn * tb,), c.num_warps, 3, n=c.n, inner=c.inner, tiles_n=tn,
+                   tiles_b=tb, s_outer=s[0], s_mid=s[1], s_inner=s[2], h_outer=h[0], h_mid=h[1], h_inner=h[2],
+                   BN=bn, BB=bb, **common)
+    return Plan((k,))
+
+
+def _prepare_dequantize(packed, scale, shift, nbit, dtype, dim, signed, block, num_warps):
+    """(call, packed, scale, shift, output shape): the tensors as the kernels read them."""
+    width = _BITS[packed.dtype]
     per = width // nbit
-    block = block or _default_tile(per, dtype, num_warps)
+    packed = packed.contiguous()
+    shape = list(packed.shape)
+    outer = 1
+    for v in shape[:dim]:
+        outer *= v
+    n = shape[dim]
+    inner = 1
+    for v in shape[dim + 1:]:
+        inner *= v
+    out_shape = list(shape)
+    out_shape[dim] *= per
+    o3 = (outer, n * per, inner)
+    s3, h3 = _as3(scale, out_shape, o3), _as3(shift, out_shape, o3)
+    call = DequantCall(packed.dtype, nbit, bool(signed), dtype, s3.dtype, h3.dtype, outer, n, inner,
+                       s3.stride(), h3.stride(), (_aligned(packed), _aligned(s3), _aligned(h3)), block, num_warps)
+    return call, packed, s3, h3, out_shape
+
+
+def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
+    call, packed, s3, h3, out_shape = _prepare_dequantize(packed, scale, shift, nbit, dtype, dim, signed, block,
+                                                          num_warps)
+    y = torch.empty(out_shape, dtype=dtype, device=packed.device)
+    target = _plan.target_of(packed.device)
+    plan = plan_dequantize(call, target)
+    if plan.kernels:
+        _plan.launch(plan.kernels[0], (packed, s3, h3, y), packed.device, target)
+    return y
+
+
+# --- dequantize_rows ---------------------------------------------------------------------------
+
+class RowsCall(NamedTuple):
+    """A call of :func:`dequantize_rows`: ``R`` rows of ``E`` container elements
+    (contiguous), ``dim`` outputs per row; ``aligned``: 16-byte alignment of the rows."""
+    container: torch.dtype
+    nbit: int
+    signed: bool
+    dtype: torch.dtype
+    R: int
+    E: int
+    dim: int
+    aligned: bool = True
+    block: Optional[int] = None
+    num_warps: int = 8
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_dequantize_rows(call: RowsCall, target: Target) -> Plan:
+    """One ``_dequant_rows`` kernel (none for an empty output)."""
+    c = call
+    width = _BITS[c.container]
+    per = width // c.nbit
+    if c.R * c.dim == 0:
+        return Plan(())
+    block = c.block or _default_tile(per, c.dtype, c.num_warps)
+    used = triton.cdiv(c.dim, per)  # data elements actually needed
+    b = min(block, triton.next_power_of_2(used))
+    k = Kernel(_dequant_rows, (c.R, triton.cdiv(used, b)), c.num_warps, 3, rows_ptr=ptr(c.container, c.aligned),
+               y_ptr=ptr(c.dtype), n_elems=c.E, dim=c.dim, BLOCK=b, PER=per, NBIT=c.nbit, WIDTH=width,
+               DST=_TL[c.dtype], SIGNED=bool(c.signed))
+    return Plan((k,))
+
+
+def _prepare_rows(rows, nbit, dtype, dim, signed, block, num_warps):
     rows = rows.contiguous()
     R, E = rows.shape
-    y = torch.empty((R, dim), dtype=dtype, device=rows.device)
-    if y.numel() == 0:
-        return y
-    used = triton.cdiv(dim, per)  # data elements actually needed
-    b = min(block, triton.next_power_of_2(used))
-    _dequant_rows[(R, triton.cdiv(used, b))](rows, y, E, dim, BLOCK=b, PER=per, NBIT=nbit, WIDTH=width,
-                                             DST=_TL[dtype], SIGNED=signed, num_warps=num_warps)
+    return RowsCall(rows.dtype, nbit, bool(signed), dtype, R, E, dim, _aligned(rows), block, num_warps), rows
+
+
+def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
+    call, rows = _prepare_rows(rows, nbit, dtype, dim, signed, block, num_warps)
+    y = torch.empty((call.R, dim), dtype=dtype, device=rows.device)
+    target = _plan.target_of(rows.device)
+    plan = plan_dequantize_rows(call, target)
+    if plan.kernels:
+        _plan.launch(plan.kernels[0], (rows, y), rows.device, target)
     return y

@@ -33,13 +33,18 @@ Kernel design (a gather of random rows of tens to hundreds of bytes)
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
+
+from . import _plan
+from ._plan import Kernel, Plan, Target, ptr
 
 _BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
 _OUT = {torch.float16: tl.float16, torch.float32: tl.float32}
@@ -131,20 +136,21 @@ def _embedding_bag_kernel(rows_ptr, idx_ptr, off_ptr, w_ptr, out_ptr,
     tl.store(out_ptr + bag.to(tl.int64) * dim + o, acc.to(OUT_DTYPE), mask=(o >= 0) & (o < dim))
 
 
-def layout(rows: torch.Tensor, nbit: int, dim: int, block_w: int | None = None,
-           head_in: bool | None = None) -> dict:
-    """How the kernel reads ``rows``: tile origin (``head_in``), alignment ``vec``
-    (elements), row stride and load limit (elements from the tile origin), tile
-    width ``block_w`` and column blocks per bag."""
-    width = _BITS[rows.dtype]
+@functools.lru_cache(maxsize=1024)
+def row_layout(container: torch.dtype, n_elems: int, stride: int, nbit: int, dim: int,
+               block_w: Optional[int] = None, head_in: Optional[bool] = None) -> dict:
+    """How the kernel reads rows of ``n_elems`` ``container`` elements ``stride``
+    elements apart: tile origin (``head_in``), alignment ``vec`` (elements), row
+    stride and load limit (elements from the tile origin), tile width ``block_w`` and
+    column blocks per bag. (Cached: treat the result as read-only.)"""
+    width = _BITS[container]
     per = width // nbit
-    elt = rows.element_size()
+    elt = width // 8
     header = 32 // width
-    stride = rows.stride(0) if rows.shape[0] > 1 else rows.shape[1]
     used = triton.cdiv(dim, per)  # data elements a lookup needs
     # byte alignment of every row start relative to the base pointer (Triton itself
     # checks that the base pointer is 16-byte aligned before it relies on it)
-    row_align = math.gcd(stride * elt, rows.shape[1] * elt, 16)
+    row_align = math.gcd(stride * elt, n_elems * elt, 16)
     data = dict(head_in=False, vec=max(1, math.gcd(row_align, 4) // elt), origin=header, need=used)
     full = dict(head_in=True, vec=row_align // elt, origin=0, need=header + used)
     for lay in (data, full):
@@ -154,8 +160,18 @@ def layout(rows: torch.Tensor, nbit: int, dim: int, block_w: int | None = None,
     if head_in is None:  # full rows when they are 16-byte aligned and cost no extra columns
         head_in = row_align == 16 and full["n_blocks"] * full["block_w"] <= data["n_blocks"] * data["block_w"]
     lay = full if head_in else data
-    assert lay["origin"] + lay["limit"] <= rows.shape[1]
+    assert lay["origin"] + lay["limit"] <= n_elems
     return dict(lay, stride=stride)
+
+
+def _row_stride(rows: torch.Tensor) -> int:
+    return rows.stride(0) if rows.shape[0] > 1 else rows.shape[1]
+
+
+def layout(rows: torch.Tensor, nbit: int, dim: int, block_w: int | None = None,
+           head_in: bool | None = None) -> dict:
+    """:func:`row_layout` of a ``[T, E]`` table."""
+    return dict(row_layout(rows.dtype, rows.shape[1], _row_stride(rows), nbit, dim, block_w, head_in))
 
 
 def default_config(n_bags: int, n_indices: int, outputs: int, has_weights: bool) -> dict:
@@ -167,10 +183,98 @@ def default_config(n_bags: int, n_indices: int, outputs: int, has_weights: bool)
     then span warps and the reduction goes through shared memory).
     bench/embedding_bag.py sweeps these on the GPU."""
     mean = n_indices / max(1, n_bags)
-    block_l = min(32, max(4, triton.next_power_of_2(max(1, math.ceil(mean)))))
+    block_l = min(32, max(4, 1 << (max(1, math.ceil(mean)) - 1).bit_length()))  # next power of two
     if has_weights and outputs > 128:
         block_l = min(block_l, 16)
     return dict(block_l=block_l, num_warps=2)
+
+
+class BagCall(NamedTuple):
+    """A call of :func:`embedding_bag`: a table of ``T`` rows of ``E`` ``container``
+    elements, ``stride`` elements apart; ``n_indices`` lookups (``index_dtype``) in
+    ``n_offsets`` offsets (``offset_dtype``) making ``n_bags`` bags; ``weight_dtype``:
+    the per-sample weights' dtype or None; ``aligned``: 16-byte alignment of rows,
+    indices, offsets, weights. The last four fields are tile overrides (None: the
+    defaults)."""
+    container: torch.dtype
+    nbit: int
+    signed: bool
+    T: int
+    E: int
+    stride: int
+    dim: int
+    n_bags: int
+    n_indices: int
+    n_offsets: int
+    index_dtype: torch.dtype
+    offset_dtype: torch.dtype
+    weight_dtype: Optional[torch.dtype]
+    mean: bool
+    dtype: torch.dtype
+    aligned: tuple = (True, True, True, True)
+    block_l: Optional[int] = None
+    block_w: Optional[int] = None
+    num_warps: Optional[int] = None
+    head_in: Optional[bool] = None
+
+
+@functools.lru_cache(maxsize=4096)
+def plan_embedding_bag(call: BagCall, target: Target) -> Plan:
+    """One ``_embedding_bag_kernel`` over ``n_bags * n_blocks`` programs (none for an
+    empty output). The pointer for absent weights is the output (never read).
+
+    The lookup count changes from call to call: the kernel is built once per
+    specialisation class of ``n_indices`` / ``n_offsets`` (see :func:`_plan.int_class`)
+    and bag-length bucket (``BLOCK_L``), and rebound to the call's values."""
+    c = call
+    if c.n_bags <= 0 or c.dim == 0:
+        return Plan(())
+    per = _BITS[c.container] // c.nbit
+    lay = row_layout(c.container, c.E, c.stride, c.nbit, c.dim, c.block_w, c.head_in)
+    block_l = c.block_l or default_config(c.n_bags, c.n_indices, lay["block_w"] * per,
+                                          c.weight_dtype is not None)["block_l"]
+    base = _bag_kernel(c._replace(n_indices=_plan.representative(c.n_indices),
+                                  n_offsets=_plan.representative(c.n_offsets), block_l=block_l), target)
+    return Plan((base.rebind(n_idx=c.n_indices, n_off=c.n_offsets),))
+
+
+@functools.lru_cache(maxsize=1024)
+def _bag_kernel(c: BagCall, target: Target) -> Kernel:
+    width = _BITS[c.container]
+    per = width // c.nbit
+    lay = row_layout(c.container, c.E, c.stride, c.nbit, c.dim, c.block_w, c.head_in)
+    has_w = c.weight_dtype is not None
+    cfg = default_config(c.n_bags, c.n_indices, lay["block_w"] * per, has_w)
+    ra, ia, oa, wa = c.aligned
+    return Kernel(_embedding_bag_kernel, (c.n_bags * lay["n_blocks"],), c.num_warps or cfg["num_warps"], 3,
+                  rows_ptr=ptr(c.container, ra), idx_ptr=ptr(c.index_dtype, ia), off_ptr=ptr(c.offset_dtype, oa),
+                  w_ptr=ptr(c.weight_dtype, wa) if has_w else ptr(c.dtype), out_ptr=ptr(c.dtype),
+                  n_off=c.n_offsets, n_idx=c.n_indices, stride_v=lay["stride"] // lay["vec"],
+                  limit_v=lay["limit"] // lay["vec"], dim=c.dim, n_blocks=lay["n_blocks"],
+                  NBIT=c.nbit, PER=per, WIDTH=width, VEC=lay["vec"], HEAD_IN=lay["head_in"],
+                  BLOCK_L=c.block_l, BLOCK_W=lay["block_w"], HAS_W=has_w, MEAN=bool(c.mean),
+                  SIGNED=bool(c.signed), OUT_DTYPE=_OUT[c.dtype])
+
+
+def _aligned(t: Optional[torch.Tensor]) -> bool:
+    return t is None or t.data_ptr() % 16 == 0
+
+
+def _prepare(rows, indices, offsets, nbit, mode, per_sample_weights, dim, dtype, include_last_offset, signed,
+             block_l=None, block_w=None, num_warps=None, head_in=None):
+    """(call, rows, indices, offsets, weights): the tensors as the kernel reads them."""
+    if rows.shape[1] and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    indices = indices.contiguous()
+    offsets = offsets.contiguous()
+    w = per_sample_weights.contiguous() if per_sample_weights is not None else None
+    n_bags = offsets.numel() - 1 if include_last_offset else offsets.numel()
+    call = BagCall(rows.dtype, nbit, bool(signed), rows.shape[0], rows.shape[1], _row_stride(rows), dim,
+                   max(n_bags, 0), indices.numel(), offsets.numel(), indices.dtype, offsets.dtype,
+                   None if w is None else w.dtype, mode == "mean", dtype,
+                   (_aligned(rows), _aligned(indices), _aligned(offsets), _aligned(w)),
+                   block_l, block_w, num_warps, head_in)
+    return call, rows, indices, offsets, w
 
 
 def embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, dim, dtype, include_last_offset,
@@ -178,24 +282,13 @@ def embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, dim, d
                   head_in: bool | None = None) -> torch.Tensor:
     """``[bags, dim]`` of ``dtype`` (fp16/fp32). The keyword arguments are tile
     parameters for tuning (``None``: :func:`default_config` and :func:`layout`)."""
-    if rows.shape[1] and rows.stride(1) != 1:
-        rows = rows.contiguous()
-    indices = indices.contiguous()
-    offsets = offsets.contiguous()
-    n_bags = offsets.numel() - 1 if include_last_offset else offsets.numel()
-    out = torch.empty((max(n_bags, 0), dim), dtype=dtype, device=rows.device)
+    call, rows, indices, offsets, w = _prepare(rows, indices, offsets, nbit, mode, per_sample_weights, dim, dtype,
+                                               include_last_offset, signed, block_l, block_w, num_warps, head_in)
+    out = torch.empty((call.n_bags, dim), dtype=dtype, device=rows.device)
     if out.numel() == 0:
         return out
     assert indices.numel() < 2 ** 31, "indices: at most 2**31 - 1 lookups"
-    width = _BITS[rows.dtype]
-    lay = layout(rows, nbit, dim, block_w, head_in)
-    w = per_sample_weights.contiguous() if per_sample_weights is not None else None
-    cfg = default_config(n_bags, indices.numel(), lay["block_w"] * (width // nbit), w is not None)
-    _embedding_bag_kernel[(n_bags * lay["n_blocks"],)](
-        rows, indices, offsets, w if w is not None else out, out,
-        offsets.numel(), indices.numel(), lay["stride"] // lay["vec"], lay["limit"] // lay["vec"], dim,
-        lay["n_blocks"],
-        NBIT=nbit, PER=width // nbit, WIDTH=width, VEC=lay["vec"], HEAD_IN=lay["head_in"],
-        BLOCK_L=block_l or cfg["block_l"], BLOCK_W=lay["block_w"], HAS_W=w is not None, MEAN=mode == "mean",
-        SIGNED=signed, OUT_DTYPE=_OUT[dtype], num_warps=num_warps or cfg["num_warps"])
+    target = _plan.target_of(rows.device)
+    plan = plan_embedding_bag(call, target)
+    _plan.launch(plan.kernels[0], (rows, indices, offsets, w if w is not None else out, out), rows.device, target)
     return out
