@@ -7,8 +7,8 @@ per-group (or per-channel) ``scale``/``shift`` ``[G, N]`` with ``W^T[k, n] =
 scale[k // group_size, n] * q[k, n] + shift[k // group_size, n]``, an optional
 ``bias [N]`` and, for act-order GPTQ checkpoints, the input permutation ``perm
 [K]``. ``forward(x)`` is :func:`triton_dequant.ops.linear` (the Triton kernels on
-CUDA, its CPU path on the CPU) plus the bias. Every tensor is a
-registered buffer, so ``state_dict()`` / ``load_state_dict()`` and safetensors
+CUDA, its CPU path on the CPU) with the bias added to its fp32 sums (one rounding,
+as ``nn.Linear``'s ``addmm``). Every tensor is a registered buffer, so ``state_dict()`` / ``load_state_dict()`` and safetensors
 round-trip bit for bit, and ``module.to(device)`` moves them.
 
 Layouts (chosen at construction, ``layout=``; :data:`LAYOUTS`):
