@@ -218,12 +218,12 @@ def test_from_awq():
 
 # --- layouts --------------------------------------------------------------------------------------
 
-# (nbit, group_size, signed, arch, K): K = 320 is no multiple of the K tile (64; int2: 128), N = 200
-# (below) none of the N tile (128); groups the K tile divides (32, 64; int2: half words), multiples of it
-# (128 with K = 256) and per channel
-LAYOUT_CASES = [(4, 64, False, "sm90", 320), (4, 32, True, "sm80", 320), (4, 128, False, "sm90", 256),
-                (4, None, False, "sm80", 320), (8, 64, False, "sm80", 320), (8, None, True, "sm90", 320),
-                (2, 32, False, "sm90", 320), (2, 64, True, "sm80", 320)]
+# (nbit, group_size, signed, arch, K): N = 136 (below) and K = 160 / 192 are no multiples of the N tile
+# (128) and (but int4 / int8 at 192) of the K tile (64; int2: 128); groups the K tile divides (32, 64;
+# int2: half words), a multiple of it (128) and per channel
+LAYOUT_CASES = [(4, 32, True, "sm80", 160), (4, 64, False, "sm90", 192), (4, 128, False, "sm90", 256),
+                (4, None, False, "sm80", 160), (8, 64, False, "sm80", 192), (8, None, True, "sm90", 160),
+                (2, 32, False, "sm90", 160), (2, 64, True, "sm80", 192)]
 
 
 @pytest.mark.parametrize("nbit,group_size,signed,arch,K", LAYOUT_CASES, ids=str)
@@ -232,7 +232,7 @@ def test_prepacked_same_weight_and_forward(nbit, group_size, signed, arch, K, mo
     bit, to_layout both ways exact and equal to building it so, also in blocks of N tiles)
     and computes the same: bit for bit on the CPU (both read the codes back exactly and
     accumulate alike), within the op's tolerance on a GPU."""
-    N = 200
+    N = 136
     lin = _linear(K, N, seed=nbit)
     plain = QuantizedLinear.from_linear(lin, nbit, group_size, signed, layout="plain")
     mma = QuantizedLinear.from_linear(lin, nbit, group_size, signed, layout=f"mma_{arch}")
