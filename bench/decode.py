@@ -8,21 +8,28 @@ per sequence at the last position of a ``cache_len``-position KV cache (512:
 attention reads all of it), batch 1 and 16.
 
 Implementations:
-* ours: ``quantize_model(model, 4, 128)``: every ``nn.Linear`` (the 7 per layer
-  and lm_head, as torchao's ``quantize_`` does by default);
+* ours: ``quantize_model(model, 4, 128)`` on the device, so with the layout
+  ``layout="auto"`` picks there (``triton_dequant.model.auto_layout``: the
+  prepacked tensor-core layout on a GPU of compute capability >= 8.0): every
+  ``nn.Linear`` (the 7 per layer and lm_head, as torchao's ``quantize_`` does by
+  default);
+* ours-plain: the same codes in the plain layout (``to_layout("plain")``; its
+  decode kernel is the GEMV), so that one run compares the two layouts end to
+  end (the auto rule follows this comparison at batch 1);
 * fp16: the same model with every ``nn.Linear`` weight set to the quantized
   layer's ``dequantized_weight()`` (the shapes and cost of the original fp16
   model; the reference ours is checked against).
 
-Both steps start from the same random KV cache; ours' logits are checked against
-fp16's (relative error <= 1e-2, norm) before anything is timed. Timed as CUDA-graph
+Every step starts from the same random KV cache; ours' and ours-plain's logits are
+checked against fp16's (relative error <= 1e-2, norm) before anything is timed. Timed as CUDA-graph
 replays of one step (``time_us(fn, graph=True)``: device time, no Python), L2
 flushed, interleaved twice (``common.time_all``).
 
 Records: bench ``"decode"``, nbit 4, shape ``"model=llama3-8b-4L,kv=512,batch=B"``,
-impl ``"fp16"`` / ``"ours"``, ``us`` per step (= per generated token of every
-sequence), extra ``tokens_per_s`` (batch / step time) and ``weight_bytes`` (the
-linear layers' weights as stored).
+impl ``"fp16"`` / ``"ours"`` / ``"ours-plain"``, ``us`` per step (= per generated
+token of every sequence), extra ``tokens_per_s`` (batch / step time),
+``weight_bytes`` (the linear layers' weights as stored), ``rel_err`` (logits vs
+fp16) and ``layout`` (the quantized layers' layout; "fp16" for fp16).
 """
 from __future__ import annotations
 
@@ -40,32 +47,46 @@ NBIT, GROUP = 4, 128
 TOL = 1e-2
 
 
-def _models(config, device, dtype):
+def _layouts(model) -> str:
+    return ",".join(sorted({m.layout for m in model.modules() if isinstance(m, QuantizedLinear)}))
+
+
+def _models(config, device, dtype, layout):
+    """{impl: model}: fp16 (the dequantized twin), ours (``layout``), ours-plain (the same codes, plain)."""
     with torch.device(device):
         fp = _decoder.Decoder(config).to(dtype).init_random(0).eval()
-    q = quantize_model(copy.deepcopy(fp), NBIT, GROUP)
+    q = quantize_model(copy.deepcopy(fp), NBIT, GROUP, layout=layout)
     for name, m in q.named_modules():  # fp becomes the dequantized twin, in place
         if isinstance(m, QuantizedLinear):
             fp.get_submodule(name).weight.data = m.dequantized_weight(dtype)
-    return fp, q
+    plain = copy.deepcopy(q)
+    for m in plain.modules():
+        if isinstance(m, QuantizedLinear):
+            m.to_layout("plain")
+    return {"fp16": fp, "ours": q, "ours-plain": plain}
 
 
-def run(time_us, record, device="cuda", layers=4, batches=(1, 16), cache_len=512, config=None, name=None):
+def run(time_us, record, device="cuda", layers=4, batches=(1, 16), cache_len=512, config=None, name=None,
+        layout="auto"):
+    """``layout``: ours' (``"auto"``: what QuantizedLinear picks on ``device``; the
+    dry run passes a prepacked one so that the CPU covers that path too)."""
     config = config or dataclasses.replace(_decoder.LLAMA3_8B, layers=layers)
     name = name or f"llama3-8b-{config.layers}L"
     dtype = torch.float16 if device == "cuda" else torch.float32  # fp32 activations: the CPU path
-    fp, q = _models(config, device, dtype)
-    sizes = {"fp16": sum(m.weight.numel() * 2 for m in fp.modules() if isinstance(m, torch.nn.Linear)),
-             "ours": _decoder.weight_bytes(q)}
+    models = _models(config, device, dtype, layout)
+    fp = models["fp16"]
+    sizes = {impl: _decoder.weight_bytes(m) for impl, m in models.items()}
+    sizes["fp16"] = sum(m.weight.numel() * 2 for m in fp.modules() if isinstance(m, torch.nn.Linear))
+    lays = {impl: _layouts(m) or "fp16" for impl, m in models.items()}
     gen = torch.Generator(device=device).manual_seed(1)
     with torch.no_grad():
         for batch in batches:
             cache = fp.new_cache(batch, cache_len)
             cache.k.normal_(generator=gen)
             cache.v.normal_(generator=gen)
-            caches = {"fp16": cache, "ours": dataclasses.replace(cache, k=cache.k.clone(), v=cache.v.clone(),
-                                                                 pos=cache.pos.clone())}
-            models = {"fp16": fp, "ours": q}
+            caches = {impl: cache if impl == "fp16" else
+                      dataclasses.replace(cache, k=cache.k.clone(), v=cache.v.clone(), pos=cache.pos.clone())
+                      for impl in models}
             tokens = torch.randint(0, config.vocab, (batch,), device=device, generator=gen)
 
             def step(impl):
@@ -77,17 +98,23 @@ def run(time_us, record, device="cuda", layers=4, batches=(1, 16), cache_len=512
                 return fn
 
             fns = {impl: step(impl) for impl in models}
-            want, got = fns["fp16"]().double(), fns["ours"]().double()
-            err = ((got - want).norm() / want.norm()).item()
-            if not err <= TOL:
-                raise AssertionError(f"decode batch={batch}: ours vs fp16 logits relative error {err:.2e} > {TOL}")
+            want = fns["fp16"]().double()
+            errs = {"fp16": 0.0}
+            for impl in models:
+                if impl != "fp16":
+                    got = fns[impl]().double()
+                    errs[impl] = ((got - want).norm() / want.norm()).item()
+                    if not errs[impl] <= TOL:
+                        raise AssertionError(f"decode batch={batch}: {impl} ({lays[impl]}) vs fp16 logits relative "
+                                             f"error {errs[impl]:.2e} > {TOL}")
             times = time_all(time_us, fns, graph=True)
             shape = f"model={name},kv={cache_len},batch={batch}"
             for impl, (us, runs) in times.items():
                 record(bench="decode", nbit=NBIT, shape=shape, impl=impl, us=us, runs=runs,
-                       tokens_per_s=batch * 1e6 / us, weight_bytes=sizes[impl], rel_err=err)
+                       tokens_per_s=batch * 1e6 / us, weight_bytes=sizes[impl], rel_err=errs[impl],
+                       layout=lays[impl])
             del caches, cache
 
 
 DRY_RUN = {"config": _decoder.Config(vocab=512, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2),
-           "name": "tiny", "batches": (1, 2), "cache_len": 16}
+           "name": "tiny", "batches": (1, 2), "cache_len": 16, "layout": "mma_sm90"}

@@ -13,6 +13,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from triton_dequant.kernels import linear as kl  # noqa: E402
 from linear import _problem  # noqa: E402
 from common import cuda_graph as graph_of  # noqa: E402
+from naive import unpack as naive_unpack  # noqa: E402  (the shift/mask twin: same kernel, plain unpack)
 
 
 def main():
@@ -24,11 +25,11 @@ def main():
             ours = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=cfg)
             if "--once" in sys.argv:  # for ncu: one launch of each
                 ours()
-                kl.linear(x, qw, s, h, nbit, K, 0, False, config=cfg, naive=True)
+                kl.linear(x, qw, s, h, nbit, K, 0, False, config=cfg, unpack=naive_unpack)
                 torch.cuda.synchronize()
                 continue
             w16 = torch.randn(K, K, device="cuda").half()
-            naive = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=cfg, naive=True)
+            naive = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=cfg, unpack=naive_unpack)
             cub = lambda: x @ w16
             ours()
             torch.cuda.synchronize()

@@ -1,7 +1,8 @@
 """A real client: transformers' LlamaForCausalLM (small random config, nothing
-downloaded) through quantize_model, against the same model whose nn.Linear weights
-are the quantized layers' dequantized_weight(): same logits and greedy tokens; the
-quantized state dict loads into a model prepared on the meta device (safetensors)."""
+downloaded) through quantize_model (the plain layout and a prepacked tensor-core
+one), against the same model whose nn.Linear weights are the quantized layers'
+dequantized_weight(): same logits and greedy tokens; the quantized state dict loads
+into a model prepared on the meta device (safetensors)."""
 import copy
 import warnings
 
@@ -41,11 +42,11 @@ def prompt():
     return torch.randint(3, 512, (2, 6), generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
-def _quantized(base, nbit):
+def _quantized(base, nbit, layout="plain"):
     q = copy.deepcopy(base)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no layer skipped
-        quantize_model(q, nbit, GROUP)
+        quantize_model(q, nbit, GROUP, layout=layout)
     return q.to(device=DEVICE, dtype=DTYPE)
 
 
@@ -63,13 +64,15 @@ def _generate(model, prompt):
                           do_sample=False, pad_token_id=0)
 
 
-@pytest.mark.parametrize("nbit", [4, 8, 2])
+@pytest.mark.parametrize("nbit,layout", [(4, "plain"), (8, "plain"), (2, "plain"), (4, "mma_sm90")],
+                         ids=["int4", "int8", "int2", "int4-mma_sm90"])
 @torch.no_grad()
-def test_llama_logits_and_greedy_tokens(base, prompt, nbit):
-    q = _quantized(base, nbit)
+def test_llama_logits_and_greedy_tokens(base, prompt, nbit, layout):
+    q = _quantized(base, nbit, layout)
     twin, names = _dequantized_twin(base, q)
     assert len(names) == 7 * 2 + 1  # q, k, v, o, gate, up, down per layer, and lm_head
     assert all(q.get_submodule(n).nbit == nbit for n in names)
+    assert {q.get_submodule(n).layout for n in names} == {"plain" if layout == "plain" else "mma_sm90_4b_n128k64w4"}
     got, want = q(prompt).logits, twin(prompt).logits
     assert got.dtype == DTYPE and got.shape == (2, 6, 512)
     err = ((got.double() - want.double()).norm() / want.double().norm()).item()
@@ -86,15 +89,16 @@ def test_llama_logits_and_greedy_tokens(base, prompt, nbit):
         assert torch.equal(lq.argmax(-1)[clear], lr.argmax(-1)[clear]) and clear.float().mean() > 0.5
 
 
+@pytest.mark.parametrize("layout", ["plain", "mma_sm80"])
 @torch.no_grad()
-def test_llama_state_dict_safetensors_meta(base, prompt, tmp_path):
-    q = _quantized(base, 4)
+def test_llama_state_dict_safetensors_meta(base, prompt, tmp_path, layout):
+    q = _quantized(base, 4, layout)
     sd = q.state_dict()
     path = tmp_path / "model.safetensors"
     save_file(sd, str(path))
     with torch.device("meta"):
         m2 = LlamaForCausalLM(_config())
-    quantize_model(m2, 4, GROUP)
+    quantize_model(m2, 4, GROUP, layout=layout)
     m2.load_state_dict(load_file(str(path), device=str(DEVICE)), assign=True)
     # the rotary frequencies are a non-persistent buffer (in no state dict): rebuilt as
     # transformers' from_pretrained does
@@ -164,6 +168,8 @@ def test_decode_bench_smoke():
     recs = []
     c, _ = _tiny_decoder()
     decode.run(time_us, lambda **r: recs.append(r), device=DEVICE, **{**decode.DRY_RUN, "config": c, "batches": (2,)})
-    assert {(r["impl"], r["shape"]) for r in recs} == {("fp16", "model=tiny,kv=16,batch=2"),
-                                                       ("ours", "model=tiny,kv=16,batch=2")}
+    assert {(r["impl"], r["shape"]) for r in recs} == {(impl, "model=tiny,kv=16,batch=2")
+                                                       for impl in ("fp16", "ours", "ours-plain")}
     assert all(r["bench"] == "decode" and r["us"] > 0 and r["rel_err"] <= 1e-2 for r in recs)
+    lays = {r["impl"]: r["layout"] for r in recs}
+    assert lays == {"fp16": "fp16", "ours": "mma_sm90_4b_n128k64w4", "ours-plain": "plain"}

@@ -1,7 +1,10 @@
 """QuantizedLinear and quantize_model (triton_dequant.model): construction from
 nn.Linear / GPTQ (with act-order) / AWQ, forward against x @ W with W the module's
 exact dequantized weight, state dicts (also safetensors and the meta device),
-torch.compile, argument errors."""
+torch.compile, argument errors; the layouts (plain and prepacked tensor-core ones:
+the same weight and, on the CPU, the same result bit for bit; conversions; the
+"auto" rule)."""
+import copy
 import io
 import warnings
 
@@ -10,8 +13,9 @@ import torch
 from torch import nn
 
 import triton_dequant as td
-from triton_dequant import QuantizedLinear, interop, packing, quantize_model
+from triton_dequant import QuantizedLinear, interop, layouts, packing, quantize_model
 from triton_dequant import reference as ref
+from triton_dequant.model import LAYOUTS, auto_layout
 
 from conftest import DEVICE, HAS_GPU
 
@@ -40,6 +44,9 @@ def _check_forward(mod, x, bias=None):
 def _linear(K, N, bias=True, seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     return nn.Linear(K, N, bias=bias).to(dtype)
+
+
+SM90_4B = "mma_sm90_4b_n128k64w4"
 
 
 # --- from_linear ----------------------------------------------------------------------------------
@@ -209,6 +216,107 @@ def test_from_awq():
     _check_forward(mod.to(DEVICE), torch.randn(4, K, device=DEVICE).half())
 
 
+# --- layouts --------------------------------------------------------------------------------------
+
+# (nbit, group_size, signed, arch, K): N = 136 (below) and K = 160 / 192 are no multiples of the N tile
+# (128) and (but int4 / int8 at 192) of the K tile (64; int2: 128); groups the K tile divides (32, 64;
+# int2: half words), a multiple of it (128) and per channel
+LAYOUT_CASES = [(4, 32, True, "sm80", 160), (4, 64, False, "sm90", 192), (4, 128, False, "sm90", 256),
+                (4, None, False, "sm80", 160), (8, 64, False, "sm80", 192), (8, None, True, "sm90", 160),
+                (2, 32, False, "sm90", 160), (2, 64, True, "sm80", 192)]
+
+
+@pytest.mark.parametrize("nbit,group_size,signed,arch,K", LAYOUT_CASES, ids=str)
+def test_prepacked_same_weight_and_forward(nbit, group_size, signed, arch, K, monkeypatch):
+    """A prepacked layer holds the same weight as a plain one (dequantized_weight bit for
+    bit, to_layout both ways exact and equal to building it so, also in blocks of N tiles)
+    and computes the same: bit for bit on the CPU (both read the codes back exactly and
+    accumulate alike), within the op's tolerance on a GPU."""
+    N = 136
+    lin = _linear(K, N, seed=nbit)
+    plain = QuantizedLinear.from_linear(lin, nbit, group_size, signed, layout="plain")
+    mma = QuantizedLinear.from_linear(lin, nbit, group_size, signed, layout=f"mma_{arch}")
+    L = layouts.default_layout(arch, nbit)
+    assert mma.layout == L.name and f"layout={L.name}" in repr(mma)
+    assert mma.qweight.shape == L.shape(K, N) and mma.qweight.dtype == torch.int32
+    assert mma.qconfig.tolist()[:3] == plain.qconfig.tolist()[:3] and mma.qconfig[3] == LAYOUTS[L.name].code
+    assert torch.equal(layouts.unprepack(mma.qweight, L, K, N), plain.qweight)
+    assert torch.equal(mma.dequantized_weight(torch.float32), plain.dequantized_weight(torch.float32))
+    # conversions: exact, both ways; in blocks of one N tile the same bytes
+    assert plain.to_layout("plain") is plain
+    conv = copy.deepcopy(plain).to_layout(L)
+    assert conv.layout == L.name and torch.equal(conv.qweight, mma.qweight) and torch.equal(conv.qconfig, mma.qconfig)
+    back = conv.to_layout("plain")
+    assert torch.equal(back.qweight, plain.qweight) and torch.equal(back.qconfig, plain.qconfig)
+    monkeypatch.setattr(td.model, "_BLOCK", 1)
+    lay = LAYOUTS[L.name]
+    assert torch.equal(lay.from_plain(plain.qweight, plain.scale, plain.shift, nbit)[0], mma.qweight)
+    assert torch.equal(lay.to_plain(mma.qweight, mma.scale, mma.shift, nbit, K, N)[0], plain.qweight)
+    monkeypatch.undo()
+    mma, plain = mma.to(DEVICE), plain.to(DEVICE)
+    for i, dt in enumerate(DTYPES):
+        x = torch.randn(3, K, device=DEVICE).to(dt)
+        if HAS_GPU or i == 0:
+            y = _check_forward(mma, x, lin.bias.detach().to(DEVICE))
+        else:
+            y = mma(x)
+        if not HAS_GPU:
+            assert torch.equal(y, plain(x)), dt
+
+
+def test_bias_fused_one_rounding():
+    """The bias is added to the fp32 sums (nn.Linear's addmm), not to the rounded
+    product: on the CPU the result is exactly fp16(fp32(x @ W) + bias)."""
+    lin = _linear(128, 64, dtype=torch.float16)
+    with torch.no_grad():
+        lin.bias.mul_(300)  # big enough that rounding the product first would show
+    x = torch.randn(4, 128).half()
+    for layout in ("plain", "mma_sm80"):
+        mod = QuantizedLinear.from_linear(lin, 4, 32, layout=layout)
+        w = mod.dequantized_weight(torch.float16)
+        want = nn.functional.linear(x.float(), w.float(), lin.bias.detach().float()).half()
+        assert torch.equal(mod(x), want), layout
+    twice = (x.float() @ w.float().T).half() + lin.bias.detach()  # the product rounded, then the sum
+    assert (twice != want).sum() > 8  # (so the test can fail)
+
+
+def test_auto_layout_rule(monkeypatch):
+    """"auto": prepacked on a CUDA GPU of compute capability >= 8.0 when nbit and the group
+    size fit, else plain (CPU, meta, older GPUs, int1, a group the layout cannot take)."""
+    caps = {}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: caps["cap"])
+    for cap, arch in (((9, 0), "sm90"), ((10, 0), "sm90"), ((8, 0), "sm80"), ((8, 9), "sm80")):
+        caps["cap"] = cap
+        for nbit in (2, 4, 8):
+            assert auto_layout(nbit, 128, "cuda") == layouts.default_layout(arch, nbit).name
+        assert auto_layout(4, None, torch.device("cuda", 0)) == layouts.default_layout(arch, 4).name
+        assert auto_layout(1, 128, "cuda") == "plain"      # no prepacked int1
+        # 8 rows: less than half an sm90 int4 word's K span (16), two sm80 half words (4 each)
+        assert auto_layout(4, 8, "cuda") == ("plain" if arch == "sm90" else layouts.default_layout(arch, 4).name)
+        assert auto_layout(4, 96, "cuda") == "plain"       # neither a multiple nor a divisor of the K tile
+    caps["cap"] = (7, 5)
+    assert auto_layout(4, 128, "cuda") == "plain"
+    for dev in (None, "cpu", "meta", torch.device("cpu")):
+        assert auto_layout(4, 128, dev) == "plain"
+    # the default everywhere is "auto": on the CPU and the meta device that is plain
+    assert QuantizedLinear(128, 8).layout == "plain" == QuantizedLinear(128, 8, device="meta").layout
+    assert QuantizedLinear.from_linear(_linear(128, 8)).layout == "plain"
+    assert quantize_model(nn.Linear(128, 8), 4, 64).layout == "plain"
+    caps["cap"] = (9, 0)  # "auto" in to_layout: the layer's device (the CPU here)
+    assert QuantizedLinear.from_linear(_linear(128, 8), layout="mma_sm80").to_layout("auto").layout == "plain"
+
+
+def test_layouts_registry():
+    """Every default prepacked layout has a stable code; codes are unique; names parse."""
+    assert LAYOUTS["plain"].code == 0
+    assert len({lay.code for lay in LAYOUTS.values()}) == len(LAYOUTS)
+    for arch in layouts.ARCHS:
+        for nbit in layouts.NBITS:
+            name = layouts.default_layout(arch, nbit).name
+            assert name in LAYOUTS, f"{name}: give it a new code in model._MMA_CODES"
+            assert QuantizedLinear(256, 8, nbit=nbit, layout=f"mma_{arch}").layout == name
+
+
 # --- state dicts ----------------------------------------------------------------------------------
 
 def _model(K=256, seed=0):
@@ -223,9 +331,10 @@ def _assert_same_state(a: dict, b: dict):
         assert torch.equal(a[k].cpu().view(-1).view(torch.uint8), b[k].cpu().reshape(-1).view(torch.uint8)), k
 
 
+@pytest.mark.parametrize("layout", ["plain", "mma_sm90"])
 @pytest.mark.parametrize("how", ["strict", "meta_assign", "to_empty", "safetensors"])
-def test_state_dict_round_trip(how):
-    q = quantize_model(_model(), 4, 64)
+def test_state_dict_round_trip(how, layout):
+    q = quantize_model(_model(), 4, 64, layout=layout)
     sd = q.state_dict()
     x = torch.randn(3, 256).half()
     if how == "safetensors":
@@ -233,7 +342,7 @@ def test_state_dict_round_trip(how):
         sd = load(save(sd))
     if how in ("meta_assign", "to_empty"):
         with torch.device("meta"):
-            m2 = quantize_model(_model(seed=1), 4, 64)
+            m2 = quantize_model(_model(seed=1), 4, 64, layout=layout)
         assert m2[0].qweight.is_meta
         if how == "to_empty":
             m2 = m2.to_empty(device="cpu")
@@ -241,9 +350,10 @@ def test_state_dict_round_trip(how):
         else:
             m2.load_state_dict(sd, assign=True)
     else:
-        m2 = quantize_model(_model(seed=1), 4, 64)
+        m2 = quantize_model(_model(seed=1), 4, 64, layout=layout)
         m2.load_state_dict(sd)
     _assert_same_state(m2.state_dict(), q.state_dict())
+    assert m2[0].layout == q[0].layout
     assert torch.equal(m2(x), q(x))
 
 
@@ -262,11 +372,33 @@ def test_state_dict_torch_save_and_act_order_adopted():
 
 
 @pytest.mark.parametrize("other", [dict(nbit=4, group_size=64, signed=True), dict(nbit=8, group_size=64),
-                                   dict(nbit=4, group_size=None)], ids=["signed", "nbit", "group"])
+                                   dict(nbit=4, group_size=None), dict(nbit=4, group_size=64, layout="mma_sm90"),
+                                   dict(nbit=4, group_size=64, layout="mma_sm80", device="meta")],
+                         ids=["signed", "nbit", "group", "layout", "layout_meta"])
 def test_state_dict_mismatch(other):
     sd = QuantizedLinear.from_linear(nn.Linear(128, 16), 4, 64).state_dict()
     with pytest.raises((ValueError, RuntimeError), match="QuantizedLinear|size mismatch"):
-        QuantizedLinear(128, 16, **other).load_state_dict(sd)
+        QuantizedLinear(128, 16, **other).load_state_dict(sd, assign=other.get("device") == "meta")
+
+
+def test_state_dict_other_layout_names_it_and_converts():
+    """A prepacked state dict refused by a plain layer (the meta model "auto" built) with
+    both layouts named; loaded into its own layout and converted, it is the plain one."""
+    lin = _linear(256, 160)
+    sd = QuantizedLinear.from_linear(lin, 4, 64, layout="mma_sm80").state_dict()
+    with torch.device("meta"):
+        empty = quantize_model(nn.Sequential(nn.Linear(256, 160)), 4, 64)
+    assert empty[0].layout == "plain"
+    with pytest.raises(ValueError, match=r"mma_sm80_4b_n128k64w4.*plain.*to_layout"):
+        empty.load_state_dict({"0." + k: v for k, v in sd.items()}, assign=True)
+    m = QuantizedLinear(256, 160, nbit=4, group_size=64, layout="mma_sm80_4b_n128k64w4")
+    m.load_state_dict(sd)
+    want = QuantizedLinear.from_linear(lin, 4, 64).state_dict()
+    got = m.to_layout("plain").state_dict()
+    for k in ("qweight", "scale", "shift", "qconfig"):
+        assert torch.equal(got[k], want[k]), k
+    meta = QuantizedLinear(256, 160, nbit=4, group_size=64, device="meta").to_layout("mma_sm90")
+    assert meta.qweight.is_meta and meta.qweight.shape == (2, 4, 1024) and meta.layout == SM90_4B
 
 
 # --- quantize_model --------------------------------------------------------------------------------
@@ -299,6 +431,15 @@ def test_quantize_model():
     assert type(net2.up) is nn.Linear and net2.blocks[0].nbit == 8 and net2.blocks[0].group_size is None
     root = quantize_model(nn.Linear(128, 8), 2, 64)
     assert isinstance(root, QuantizedLinear) and root.nbit == 2
+    # a prepacked layout: checked for every layer before any is replaced
+    # (layer 0: one group of 16 = per channel, fine; layer 1: int2 groups of 16 are less than half a word)
+    net3 = nn.Sequential(nn.Linear(16, 64), nn.Linear(64, 8))
+    with pytest.raises(ValueError, match=r"layer 1: `group_size`.*16"):
+        quantize_model(net3, 2, 16, layout="mma_sm90")
+    assert all(type(m) is nn.Linear for m in net3)
+    net3 = nn.Sequential(nn.Linear(192, 64), nn.Linear(64, 8))
+    quantize_model(net3, 4, 64, layout="mma_sm80")
+    assert [m.layout for m in net3] == ["mma_sm80_4b_n128k64w4"] * 2
 
 
 @pytest.mark.skipif(HAS_GPU, reason="fp32 activations are CPU-only (the GPU is covered by test_llama)")
@@ -321,9 +462,14 @@ def test_quantize_model_forward_matches_dequantized():
 
 @pytest.mark.skipif(HAS_GPU, reason="CPU compile test (the GPU path is exercised by the CUDA-graph checks)")
 def test_torch_compile_fullgraph():
+    """Plain and prepacked layers (act-order, per group, per channel, bias) in one graph."""
     qweight, qzeros, scales, g_idx, _ = _gptq_checkpoint(4, 128, 256, 32, True)
-    net = nn.Sequential(QuantizedLinear.from_gptq(qweight, qzeros, scales, g_idx, bits=4, group_size=32),
-                        nn.SiLU(), QuantizedLinear.from_linear(_linear(256, 64), 8, 128))
+    net = nn.Sequential(QuantizedLinear.from_gptq(qweight, qzeros, scales, g_idx, bits=4, group_size=32,
+                                                  layout="mma_sm90"),
+                        nn.SiLU(), QuantizedLinear.from_linear(_linear(256, 192), 8, 128),
+                        nn.SiLU(), QuantizedLinear.from_linear(_linear(192, 64, seed=1), 2, None, layout="mma_sm80"))
+    assert [m.layout for m in net if isinstance(m, QuantizedLinear)] == \
+        [SM90_4B, "plain", "mma_sm80_2b_n128k128w4"]
     x = torch.randn(4, 128).half()
     eager = net(x)
     torch._dynamo.reset()
@@ -334,11 +480,13 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="host syncs and CUDA-graph capture: GPU only")
-@pytest.mark.parametrize("M", [1, 16])  # the GEMV and the tensor-core kernel (split-K workspaces)
-def test_cuda_no_sync_and_graph_capture(M):
+@pytest.mark.parametrize("layout", ["plain", "auto"])  # "auto" on the GPU: the prepacked layout from sm_80 on
+@pytest.mark.parametrize("M", [1, 16])  # plain: the GEMV and the tensor-core kernel (split-K workspaces)
+def test_cuda_no_sync_and_graph_capture(M, layout):
     qweight, qzeros, scales, g_idx, _ = _gptq_checkpoint(4, 256, 128, 64, True)
     mod = QuantizedLinear.from_gptq(qweight, qzeros, scales, g_idx, torch.randn(128).half(), bits=4,
-                                    group_size=64).cuda()
+                                    group_size=64).cuda().to_layout(layout)
+    assert mod.layout == auto_layout(4, 64, "cuda") or layout == "plain"
     x = torch.randn(M, 256, device="cuda").half()
     mod(x)  # warm-up: kernel compilation, persistent workspaces
     torch.cuda.synchronize()
@@ -375,6 +523,19 @@ _Q = _gptq_checkpoint(4, 128, 8, 32, False)
     (lambda: QuantizedLinear(128, 8, nbit=2, group_size=8), ValueError, "multiple of 16"),
     (lambda: QuantizedLinear(100, 8, nbit=4, group_size=None), ValueError, "in_features"),
     (lambda: QuantizedLinear(128, 8, layout="mma_sm75"), ValueError, "layout"),
+    (lambda: QuantizedLinear(128, 8, layout=3), ValueError, "layout"),
+    (lambda: QuantizedLinear(128, 8, layout="mma_sm90_4b_n64k64w4"), ValueError, "layout"),  # no code: not stored
+    (lambda: QuantizedLinear(128, 8, nbit=8, layout=SM90_4B), ValueError, "`layout`.*4-bit codes"),
+    (lambda: QuantizedLinear(128, 8, nbit=1, layout="mma_sm90"), ValueError, "`layout`.*1-bit"),
+    (lambda: QuantizedLinear(128, 8, nbit=1, layout="mma_sm80_2b_n128k128w4"), ValueError, "`layout`.*1-bit"),
+    (lambda: QuantizedLinear(192, 8, nbit=4, group_size=96, layout="mma_sm90"), ValueError, "`group_size`.*K tile"),
+    (lambda: QuantizedLinear(128, 8, nbit=4, group_size=8, layout="mma_sm90"), ValueError, "`group_size`"),
+    (lambda: QuantizedLinear.from_linear(_linear(128, 8), 2, 16, layout="mma_sm80"), ValueError, "`group_size`"),
+    (lambda: QuantizedLinear.from_gptq(*_Q[:3], bits=4, group_size=32, layout="nope"), ValueError, "layout"),
+    (lambda: QuantizedLinear(128, 8).to_layout("mma_sm75"), ValueError, "layout"),
+    (lambda: QuantizedLinear(128, 8, nbit=1).to_layout("mma_sm90"), ValueError, "1-bit"),
+    (lambda: quantize_model(nn.Linear(128, 8), layout="tc"), ValueError, "layout"),
+    (lambda: quantize_model(nn.Linear(128, 8), nbit=1, layout="mma_sm90"), ValueError, "1-bit"),
     (lambda: QuantizedLinear(128, 8, scale_dtype=torch.int8), TypeError, "scale_dtype"),
     (lambda: QuantizedLinear(128, 8, nbit=1, signed=True), ValueError, "signed"),
     (lambda: QuantizedLinear.from_linear(nn.Conv1d(1, 1, 1)), TypeError, "linear"),
@@ -394,4 +555,4 @@ def test_errors(fn, exc, match):
 
 def test_exports():
     assert td.QuantizedLinear is QuantizedLinear and td.quantize_model is quantize_model
-    assert set(td.model.LAYOUTS) == {"plain"}
+    assert td.model.LAYOUTS is LAYOUTS and td.model.auto_layout is auto_layout
