@@ -21,8 +21,13 @@ for the given scale/shift before it is used, then one rounding:
 """
 from __future__ import annotations
 
-import torch
+import itertools
+import math
 
+import torch
+import torch.nn.functional as F
+
+from . import formats as fmt
 from . import reference as ref
 
 # working precisions: (torch dtype, significand bits, exponent of the largest finite binade)
@@ -30,8 +35,10 @@ _WORK = ((torch.float32, 24, 127), (torch.float64, 53, 1023))
 # weights per block of :func:`linear`: a block (fp32) stays in the cache between its
 # dequantization and its matmul
 _BLOCK_ELEMS = 1 << 17  # 512 KiB of fp32: this machine's L2 (bench/cpu.py)
-_WIDTH = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
-_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32}  # torch has no shifts for these
+# outputs per chunk of :func:`dequantize` / :func:`dequantize_rows`: the temporaries
+# (codes, working values) stay a few MiB whatever the output size
+_CHUNK = 1 << 18
+_WIDTH = fmt.CONTAINER_BITS
 
 
 def _bit_range(v: torch.Tensor):
@@ -70,32 +77,36 @@ def _work_dtype(scale: torch.Tensor, shift: torch.Tensor, nbit: int):
 
 
 def _codes(x: torch.Tensor, nbit: int, axis: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
-    """Codes of container tensor ``x`` (2-D) unpacked along ``axis`` (0 or 1), as ``dtype``."""
+    """Codes of container tensor ``x`` unpacked along ``axis``, as ``dtype`` (exact)."""
     width = _WIDTH[x.dtype]
     per = width // nbit
-    x = x.view(_TWIN.get(x.dtype, x.dtype))
+    x = x.view(fmt.SIGNED_TWIN[x.dtype])
     if x.dtype != torch.int32:
         x = x.to(torch.int32)
     shifts = torch.arange(0, width, nbit, dtype=torch.int32)
-    if axis == 0:  # [r, n] -> [r, PER, n]
-        q = x[:, None, :] >> shifts[None, :, None]
-    else:  # [k, c] -> [k, c, PER]
-        q = x[:, :, None] >> shifts
+    q = x.unsqueeze(axis + 1) >> shifts.view([per] + [1] * (x.dim() - axis - 1))  # [..., n, PER, ...]
     q &= (1 << nbit) - 1
     if signed:  # two's complement: (c ^ bias) - bias
         bias = 1 << (nbit - 1)
         q ^= bias
         q -= bias
-    shape = (x.shape[0] * per, x.shape[1]) if axis == 0 else (x.shape[0], x.shape[1] * per)
+    shape = list(x.shape)
+    shape[axis] *= per
     return q.reshape(shape).to(dtype)
 
 
-def _affine(q: torch.Tensor, s: torch.Tensor, h: torch.Tensor, work, dtype: torch.dtype) -> torch.Tensor:
-    """``s * q + h`` rounded once to ``dtype``; ``q`` holds codes in ``work`` (or
-    float64 when ``work`` is None: the exact fallback)."""
+def _affine(q: torch.Tensor, s: torch.Tensor, h: torch.Tensor, work, dtype: torch.dtype,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``s * q + h`` rounded once to ``dtype`` (into ``out`` if given); ``q`` holds codes
+    in ``work`` (float64 when ``work`` is None: the exact fallback)."""
     if work is None:
-        return ref.fma(q, s, h, ref.float_format(dtype)).to(dtype)
-    w = torch.addcmul(h.to(work), q, s.to(work))  # exact: see exact_in
+        w = ref.fma(q, s, h, ref.float_format(dtype))
+    else:
+        w = torch.addcmul(h.to(work), q, s.to(work))  # exact: see exact_in
+        if work == torch.float64 and dtype != torch.float32:
+            w = ref.round_to(w, dtype)  # torch's float64 -> fp16/bf16 casts round twice (via fp32)
+    if out is not None:
+        return out.copy_(w)  # exact (fp32 / float64 values already rounded) or one RNE cast
     return w if w.dtype == dtype else w.to(dtype)
 
 
@@ -158,3 +169,92 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: t
                 y[:, n0:n1].addmm_(x2[:, k0:k1], w if w.dtype == torch.float32 else w.float())
     y = y if x.dtype == torch.float32 else y.to(x.dtype)
     return y.reshape(*lead, N)
+
+
+# --- dequantize, dequantize_rows -------------------------------------------------------------
+
+def _chunks(shape: list, per: int, dim: int):
+    """Index tuples cutting a packed tensor of ``shape`` (unpacked along ``dim``) into
+    pieces of at most about ``_CHUNK`` outputs: size-1 slices along the leading axes,
+    a range along axis ``a``, whole trailing axes."""
+    nd = len(shape)
+    out = [n * (per if d == dim else 1) for d, n in enumerate(shape)]
+    for a in range(nd):
+        per_index = (per if a == dim else 1) * math.prod(out[a + 1:])
+        if per_index <= _CHUNK or a == nd - 1:
+            break
+    step = max(1, _CHUNK // per_index)
+    for lead in itertools.product(*(range(n) for n in shape[:a])):
+        for j in range(0, shape[a], step):
+            yield tuple(slice(i, i + 1) for i in lead) + (slice(j, min(shape[a], j + step)),)
+
+
+def _out_index(idx: tuple, per: int, dim: int) -> tuple:
+    return tuple(slice(sl.start * per, sl.stop * per) if d == dim else sl for d, sl in enumerate(idx))
+
+
+def _bcast_index(t: torch.Tensor, idx: tuple) -> torch.Tensor:
+    """The part of ``t`` (broadcastable, already of the output's rank) under output index ``idx``."""
+    return t[tuple(sl if t.shape[d] != 1 else slice(None) for d, sl in enumerate(idx))]
+
+
+def dequantize(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int, dtype: torch.dtype,
+               dim: int, signed: bool) -> torch.Tensor:
+    """:func:`triton_dequant.ops.dequantize` on the CPU, bit for bit the reference, in
+    chunks: besides the output, a few MiB of temporaries."""
+    width = _WIDTH[packed.dtype]
+    per = width // nbit
+    shape = list(packed.shape)
+    out_shape = list(shape)
+    out_shape[dim] *= per
+    out = torch.empty(out_shape, dtype=dtype)
+    if out.numel() == 0:
+        return out
+    nd = len(shape)
+    s = scale.to(dtype).reshape([1] * (nd - scale.dim()) + list(scale.shape))
+    h = shift.to(dtype).reshape([1] * (nd - shift.dim()) + list(shift.shape))
+    work0 = _work_dtype(s, h, nbit) if s.numel() * h.numel() <= _CHUNK else "chunk"
+    for idx in _chunks(shape, per, dim):
+        oidx = _out_index(idx, per, dim)
+        sc, hc = _bcast_index(s, oidx), _bcast_index(h, oidx)
+        work = _work_dtype(sc, hc, nbit) if work0 == "chunk" else work0
+        q = _codes(packed[idx], nbit, dim, signed, work or torch.float64)
+        _affine(q, sc, hc, work, dtype, out=out[oidx])
+    return out
+
+
+def dequantize_rows(rows: torch.Tensor, nbit: int, dtype: torch.dtype, n_codes: int, signed: bool) -> torch.Tensor:
+    """:func:`triton_dequant.ops.dequantize_rows` on the CPU (bit for bit the reference), in chunks of rows."""
+    width = _WIDTH[rows.dtype]
+    per = width // nbit
+    head = fmt.header_elems(width)
+    R = rows.shape[0]
+    out = torch.empty((R, n_codes), dtype=dtype)
+    if out.numel() == 0:
+        return out
+    used = -(-n_codes // per)
+    step = max(1, _CHUNK // n_codes)
+    for r0 in range(0, R, step):
+        part = rows[r0:r0 + step]
+        _, s, h = ref.split_rows(part)
+        s, h = s.to(dtype)[:, None], h.to(dtype)[:, None]
+        work = _work_dtype(s, h, nbit)
+        q = _codes(part[:, head:head + used], nbit, 1, signed, work or torch.float64)[:, :n_codes]
+        _affine(q, s, h, work, dtype, out=out[r0:r0 + step])
+    return out
+
+
+def embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype, include_last_offset,
+                  signed) -> torch.Tensor:
+    """:func:`triton_dequant.ops.embedding_bag` on the CPU (offsets already validated):
+    only the rows looked up are dequantized (fp16, exactly), then ``F.embedding_bag``
+    sums them in float64, rounded once to ``dtype``."""
+    n_bags = offsets.numel() - 1 if include_last_offset else offsets.numel()
+    if n_bags <= 0 or n_codes == 0:
+        return torch.zeros((max(n_bags, 0), n_codes), dtype=dtype)
+    uniq, inv = torch.unique(indices, return_inverse=True)
+    table = dequantize_rows(rows[uniq], nbit, torch.float16, n_codes, signed).to(torch.float64)
+    w = None if per_sample_weights is None else per_sample_weights.to(torch.float64)
+    out = F.embedding_bag(inv, table, offsets.long(), mode=mode, per_sample_weights=w,
+                          include_last_offset=include_last_offset)
+    return out.to(dtype)

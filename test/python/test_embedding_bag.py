@@ -52,10 +52,10 @@ def make_bags(lengths, T: int, gen: torch.Generator, include_last_offset: bool, 
 
 def check(got, rows, indices, offsets, nbit, mode, weights, dim, dtype, include_last_offset, signed):
     """``got`` against the exact result with the tolerance of the module docstring."""
-    exact = ref.embedding_bag(rows, indices, offsets, nbit, mode=mode, per_sample_weights=weights, dim=dim,
+    exact = ref.embedding_bag(rows, indices, offsets, nbit, mode=mode, per_sample_weights=weights, n_codes=dim,
                               dtype=torch.float64, include_last_offset=include_last_offset, signed=signed)
     # sum(|terms|) per bag and column: the same reference on |values| and |weights|
-    table = ref.dequantize_rows(rows, nbit, torch.float16, dim=dim, signed=signed).double().abs()
+    table = ref.dequantize_rows(rows, nbit, torch.float16, n_codes=dim, signed=signed).double().abs()
     offs = offsets.tolist() + ([] if include_last_offset else [indices.numel()])
     absterm = torch.zeros_like(exact)
     for b in range(len(offs) - 1):
@@ -178,7 +178,7 @@ def test_fake_tensor_and_torch_compile():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         out = ops.embedding_bag(torch.empty(10, 9, dtype=torch.int32), torch.empty(7, dtype=torch.int64),
-                                torch.empty(3, dtype=torch.int64), 4, mode="mean", dim=50, dtype=torch.float16,
+                                torch.empty(3, dtype=torch.int64), 4, mode="mean", n_codes=50, dtype=torch.float16,
                                 include_last_offset=True)
         assert out.shape == (2, 50) and out.dtype == torch.float16
     gen = torch.Generator().manual_seed(2)
@@ -186,7 +186,7 @@ def test_fake_tensor_and_torch_compile():
     w = torch.randn(indices.shape, generator=gen)
 
     def f(rows, indices, offsets, w):
-        return ops.embedding_bag(rows, indices, offsets, 4, per_sample_weights=w, dim=30) * 2
+        return ops.embedding_bag(rows, indices, offsets, 4, per_sample_weights=w, n_codes=30) * 2
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(f, fullgraph=True)(rows, indices, offsets, w), f(rows, indices, offsets, w))
@@ -205,7 +205,7 @@ def _bad():
         (lambda: eb(rows, idx.reshape(1, -1), offs, 4), TypeError, "`indices`"),
         (lambda: eb(rows, idx, offs.to(torch.int16), 4), TypeError, "`offsets`"),
         (lambda: eb(rows, idx, offs, 3), ValueError, "`nbit`"),
-        (lambda: eb(rows, idx, offs, 4, dim=33), ValueError, "`dim`"),
+        (lambda: eb(rows, idx, offs, 4, n_codes=33), ValueError, "`n_codes`"),
         (lambda: eb(rows, idx, offs, 4, mode="max"), ValueError, "`mode`"),
         (lambda: eb(rows, idx, offs, 4, dtype=torch.bfloat16), TypeError, "`dtype`"),
         (lambda: eb(rows, idx, offs, 4, mode="mean", per_sample_weights=w), ValueError, "`per_sample_weights`"),

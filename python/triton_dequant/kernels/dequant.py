@@ -1,31 +1,52 @@
 """Standalone dequantization kernels: whole tensors and the row-fused format.
 
 Host functions take torch tensors already checked by :mod:`triton_dequant.ops`.
+
+Sizes: offsets are int32 while every element offset a program computes stays below
+2**31, and int64 (``IDX64``, chosen per launch by :func:`needs_int64`) otherwise, so
+tensors and rows of any length work; the one limit is the grid, at most 2**31 - 1
+programs (a few times 2**41 outputs at the default tiles).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
+from triton_dequant import formats
 
-_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
-_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
+from ._rows import HEADER_BITS, row_header
+
+_TL = formats.TL_OUT
+_BITS = formats.CONTAINER_BITS
+_I32_MAX = 2 ** 31 - 1
+
+
+def needs_int64(*extents: int) -> bool:
+    """Whether an offset up to any of ``extents`` (element counts, strides x extents)
+    can leave int32: the switch to 64-bit index arithmetic, taken at launch."""
+    return max(extents, default=0) > _I32_MAX
 
 
 @triton.jit
 def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, tiles, s_row, h_row, s_col, h_col,
                   BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr, DST: tl.constexpr,
-                  SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
+                  SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr, IDX64: tl.constexpr = False):
     """One [BLOCK]-word segment of a [rows, n] packed tensor (``tiles`` per row;
     a 1-D grid: CUDA caps grid dims 1 and 2 at 65535).
 
     Scale/shift: element ``(row, c)`` of the output at ``row*s_row + c*s_col``;
-    with ``PER_OUTPUT`` false they are constant along the row (s_col == 0)."""
+    with ``PER_OUTPUT`` false they are constant along the row (s_col == 0).
+    ``IDX64``: offsets within a row in int64 (``n * PER`` or ``n * PER * s_col`` past 2**31)."""
     pid = tl.program_id(0)
     row = (pid // tiles).to(tl.int64)
     t = pid % tiles
+    if IDX64:
+        t = t.to(tl.int64)
+        n = n.to(tl.int64)
     cols = t * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + row * n + cols, mask=cols < n)
     out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
@@ -42,13 +63,22 @@ def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, tiles, s_row, h_row, s_col, h_c
 @triton.jit
 def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, tiles_n, tiles_b, s_outer, s_mid, s_inner,
                  h_outer, h_mid, h_inner, BN: tl.constexpr, BB: tl.constexpr, PER: tl.constexpr,
-                 NBIT: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
-    """A [BN, BB] tile of a packed [outer, n, inner] tensor, unpacked along the middle dim."""
+                 NBIT: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr,
+                 IDX64: tl.constexpr = False):
+    """A [BN, BB] tile of a packed [outer, n, inner] tensor, unpacked along the middle dim.
+    ``IDX64``: offsets within an outer slice in int64 (``n * PER * inner`` or a scale
+    offset past 2**31)."""
     pid = tl.program_id(0)
     a = (pid // (tiles_n * tiles_b)).to(tl.int64)
     tn = (pid // tiles_b) % tiles_n
+    tb = pid % tiles_b
+    if IDX64:
+        tn = tn.to(tl.int64)
+        tb = tb.to(tl.int64)
+        n = n.to(tl.int64)
+        inner = inner.to(tl.int64)
     rn = tn * BN + tl.arange(0, BN)[:, None]
-    rb = (pid % tiles_b) * BB + tl.arange(0, BB)[None, :]
+    rb = tb * BB + tl.arange(0, BB)[None, :]
     x = tl.load(x_ptr + a * n * inner + rn * inner + rb, mask=(rn < n) & (rb < inner))
     ro = tn * BN * PER + tl.arange(0, BN * PER)[:, None]
     omask = (ro < n * PER) & (rb < inner)
@@ -82,9 +112,9 @@ def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None
     per = width // nbit
     packed = packed.contiguous()
     shape = list(packed.shape)
-    outer = int(torch.tensor(shape[:dim]).prod()) if dim else 1
+    outer = math.prod(shape[:dim])
     n = shape[dim]
-    inner = int(torch.tensor(shape[dim + 1:]).prod()) if dim + 1 < len(shape) else 1
+    inner = math.prod(shape[dim + 1:])
     out_shape = list(shape)
     out_shape[dim] *= per
     y = torch.empty(out_shape, dtype=dtype, device=packed.device)
@@ -99,42 +129,42 @@ def dequantize(packed, scale, shift, nbit, dtype, dim, signed, block: int | None
     if inner == 1:
         b = min(block, triton.next_power_of_2(n))
         tiles = triton.cdiv(n, b)
+        col = max(s3.stride(1), h3.stride(1), 1)
+        idx64 = needs_int64((tiles * b + 1) * per * col)
         _dequant_last[(outer * tiles,)](packed, s3, h3, y, n, tiles, s3.stride(0), h3.stride(0),
-                                        s3.stride(1), h3.stride(1), BLOCK=b, num_warps=num_warps, **common)
+                                        s3.stride(1), h3.stride(1), BLOCK=b, IDX64=idx64, num_warps=num_warps,
+                                        **common)
     else:
         bb = min(64, triton.next_power_of_2(inner))
         bn = max(1, min(triton.next_power_of_2(n), 4096 // (bb * per)))
         tn, tb = triton.cdiv(n, bn), triton.cdiv(inner, bb)
+        n_pad, inner_pad = tn * bn * per, tb * bb
+        idx64 = needs_int64(n_pad * inner_pad, n_pad * max(s3.stride(1), h3.stride(1)) +
+                            inner_pad * max(s3.stride(2), h3.stride(2)))
         _dequant_mid[(outer * tn * tb,)](packed, s3, h3, y, n, inner, tn, tb, *s3.stride(), *h3.stride(),
-                                         BN=bn, BB=bb, num_warps=num_warps, **common)
+                                         BN=bn, BB=bb, IDX64=idx64, num_warps=num_warps, **common)
     return y
 
 
 @triton.jit
 def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.constexpr,
-                  NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr):
+                  NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr,
+                  IDX64: tl.constexpr = False):
     """Row ``pid(0)`` of a row-fused table, data elements ``[pid(1)*BLOCK, +BLOCK)``.
 
     Tiles cover the data, not the header: outputs stay 16-byte aligned and a row
     of ``dim`` codes takes exactly ``ceil(dim / (BLOCK*PER))`` programs (counting
     the header into the first tile would add a nearly empty program per row:
     a quarter slower on the H100). The data start 4 bytes into the row, which
-    costs nothing at the default tile (one 4-byte container per thread)."""
-    HEADER: tl.constexpr = 32 // WIDTH  # container elements in the 4-byte header
+    costs nothing at the default tile (one 4-byte container per thread).
+    ``IDX64``: offsets within a row in int64 (rows of 2**31 codes or more)."""
+    HEADER: tl.constexpr = HEADER_BITS // WIDTH  # container elements of the header
     row = tl.program_id(0).to(tl.int64)
     base = rows_ptr + row * n_elems
-    if WIDTH == 32:
-        head = tl.load(base)
-        s = (head & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
-    elif WIDTH == 16:
-        s = tl.load(base).to(tl.float16, bitcast=True)
-        h = tl.load(base + 1).to(tl.float16, bitcast=True)
-    else:
-        b = base.to(tl.pointer_type(tl.uint8))
-        s = (tl.load(b).to(tl.uint16) | (tl.load(b + 1).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
-        h = (tl.load(b + 2).to(tl.uint16) | (tl.load(b + 3).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
+    s, h = row_header(base, row >= 0, WIDTH)
     t = tl.program_id(1)
+    if IDX64:
+        t = t.to(tl.int64)
     cols = t * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(base + HEADER + cols, mask=cols * PER < dim)
     y = tl.dequantize(x, s, h, NBIT, DST, signed=SIGNED)
@@ -143,6 +173,7 @@ def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.co
 
 
 def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, num_warps: int = 8):
+    """``[R, dim]`` of ``dtype`` (``dim``: codes per row, ``n_codes`` of the op)."""
     width = _BITS[rows.dtype]
     per = width // nbit
     block = block or _default_tile(per, dtype, num_warps)
@@ -153,6 +184,8 @@ def dequantize_rows(rows, nbit, dtype, dim, signed, block: int | None = None, nu
         return y
     used = triton.cdiv(dim, per)  # data elements actually needed
     b = min(block, triton.next_power_of_2(used))
-    _dequant_rows[(R, triton.cdiv(used, b))](rows, y, E, dim, BLOCK=b, PER=per, NBIT=nbit, WIDTH=width,
-                                             DST=_TL[dtype], SIGNED=signed, num_warps=num_warps)
+    tiles = triton.cdiv(used, b)
+    idx64 = needs_int64(tiles * b * per + E)
+    _dequant_rows[(R, tiles)](rows, y, E, dim, BLOCK=b, PER=per, NBIT=nbit, WIDTH=width,
+                              DST=_TL[dtype], SIGNED=signed, IDX64=idx64, num_warps=num_warps)
     return y
