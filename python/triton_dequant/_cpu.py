@@ -76,23 +76,62 @@ def _work_dtype(scale: torch.Tensor, shift: torch.Tensor, nbit: int):
     return None
 
 
-def _codes(x: torch.Tensor, nbit: int, axis: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
-    """Codes of container tensor ``x`` unpacked along ``axis``, as ``dtype`` (exact)."""
+def _codes(x: torch.Tensor, nbit: int, axis: int, signed: bool, dtype) -> torch.Tensor:
+    """Codes of container tensor ``x`` unpacked along ``axis``, as ``dtype`` (exact;
+    None: integer codes, int32 or (last axis) uint8/int8, which torch's arithmetic
+    promotes exactly)."""
     width = _WIDTH[x.dtype]
     per = width // nbit
-    x = x.view(fmt.SIGNED_TWIN[x.dtype])
-    if x.dtype != torch.int32:
-        x = x.to(torch.int32)
-    shifts = torch.arange(0, width, nbit, dtype=torch.int32)
-    q = x.unsqueeze(axis + 1) >> shifts.view([per] + [1] * (x.dim() - axis - 1))  # [..., n, PER, ...]
-    q &= (1 << nbit) - 1
-    if signed:  # two's complement: (c ^ bias) - bias
-        bias = 1 << (nbit - 1)
-        q ^= bias
-        q -= bias
     shape = list(x.shape)
     shape[axis] *= per
-    return q.reshape(shape).to(dtype)
+    if axis == x.dim() - 1 and x.stride(-1) == 1:  # little endian: the codes are the bytes' bit stream
+        q = _byte_codes(x.view(torch.uint8), nbit, signed).reshape(shape)
+    else:
+        x = x.view(fmt.SIGNED_TWIN[x.dtype])
+        if x.dtype != torch.int32:
+            x = x.to(torch.int32)
+        shifts = torch.arange(0, width, nbit, dtype=torch.int32)
+        q = x.unsqueeze(axis + 1) >> shifts.view([per] + [1] * (x.dim() - axis - 1))  # [..., n, PER, ...]
+        q &= (1 << nbit) - 1
+        if signed:  # two's complement: (c ^ bias) - bias
+            bias = 1 << (nbit - 1)
+            q ^= bias
+            q -= bias
+        q = q.reshape(shape)
+    return q if dtype is None else q.to(dtype)
+
+
+def _byte_codes(b: torch.Tensor, nbit: int, signed: bool) -> torch.Tensor:
+    """``[..., bytes]`` uint8 -> ``[..., bytes, 8 // nbit]`` codes (uint8, int8 if signed)."""
+    if nbit == 8:
+        return (b.view(torch.int8) if signed else b).unsqueeze(-1)
+    per = 8 // nbit
+    if signed:  # the field to the top bits, then an arithmetic shift sign-extends it
+        b = b.view(torch.int8)
+    out = torch.empty(*b.shape, per, dtype=b.dtype)
+    for j in range(per):
+        if signed:
+            up = 8 - nbit - j * nbit
+            out[..., j] = (b << up if up else b) >> (8 - nbit)
+        else:
+            v = b >> (j * nbit) if j else b
+            out[..., j] = v if j == per - 1 else v & ((1 << nbit) - 1)
+    return out
+
+
+def round_from_f64(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 values rounded once (RNE) to ``dtype``. torch's float64 -> fp16/bf16 casts
+    round twice (through fp32): rounding to odd at fp32 first makes the second rounding
+    exact (24 >= 11 + 2 bits)."""
+    if dtype == torch.float32 or dtype == torch.float64:
+        return w.to(dtype)
+    r = w.to(torch.float32)
+    # one ulp toward the exact value where r is inexact and even (round to odd): the
+    # direction is sign((w - r) * r); NaN (inf - inf, NaN inputs) means nothing to fix
+    step = torch.nan_to_num(torch.sign((w - r.to(torch.float64)) * r), nan=0.0).to(torch.int32)
+    bits = r.view(torch.int32)
+    bits = bits + step * (1 - (bits & 1))
+    return bits.view(torch.float32).to(dtype)
 
 
 def _affine(q: torch.Tensor, s: torch.Tensor, h: torch.Tensor, work, dtype: torch.dtype,
@@ -104,7 +143,7 @@ def _affine(q: torch.Tensor, s: torch.Tensor, h: torch.Tensor, work, dtype: torc
     else:
         w = torch.addcmul(h.to(work), q, s.to(work))  # exact: see exact_in
         if work == torch.float64 and dtype != torch.float32:
-            w = ref.round_to(w, dtype)  # torch's float64 -> fp16/bf16 casts round twice (via fp32)
+            w = round_from_f64(w, dtype)
     if out is not None:
         return out.copy_(w)  # exact (fp32 / float64 values already rounded) or one RNE cast
     return w if w.dtype == dtype else w.to(dtype)
@@ -244,17 +283,49 @@ def dequantize_rows(rows: torch.Tensor, nbit: int, dtype: torch.dtype, n_codes: 
     return out
 
 
+def _fp32_exact_fp16(s: torch.Tensor, h: torch.Tensor, nbit: int) -> bool:
+    """``s * q + h`` exact in fp32 for fp16 ``s``, ``h`` and every ``|q| < 2**nbit``: a
+    cheap sufficient condition (magnitudes within 2**11 of each other, with 2**nbit for
+    the codes, put every bit within 24 consecutive positions: fp16 values have 11
+    significant bits; zeros and IEEE specials are exact anyway)."""
+    a, b = s.float().abs(), h.float().abs()
+    ab = a * b  # no overflow for fp16 values; 0 or not finite: a zero or special operand
+    near = (b <= a * 2048.0) & (a * float(1 << nbit) <= b * 2048.0)
+    return bool((near | (ab == 0) | ~torch.isfinite(ab)).all())
+
+
+def _header(rows: torch.Tensor):
+    """fp16 scale and shift ``[R]`` of row-fused ``rows`` (contiguous rows: a view)."""
+    n = fmt.header_elems(_WIDTH[rows.dtype])
+    head = rows[:, :n]
+    try:
+        head = head.view(torch.float16)  # [R, 2]: scale, shift (little endian)
+    except RuntimeError:
+        head = head.contiguous().view(torch.float16)
+    return head[:, 0], head[:, 1]
+
+
 def embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype, include_last_offset,
                   signed) -> torch.Tensor:
     """:func:`triton_dequant.ops.embedding_bag` on the CPU (offsets already validated):
-    only the rows looked up are dequantized (fp16, exactly), then ``F.embedding_bag``
-    sums them in float64, rounded once to ``dtype``."""
+    only the rows looked up are dequantized to fp16, exactly (in fp32 where that is
+    exact for their scale/shift, else in float64, where it always is for fp16 scale and
+    shift), then ``F.embedding_bag`` sums them in fp32 like the CUDA kernel, rounded once
+    to ``dtype``."""
     n_bags = offsets.numel() - 1 if include_last_offset else offsets.numel()
     if n_bags <= 0 or n_codes == 0:
         return torch.zeros((max(n_bags, 0), n_codes), dtype=dtype)
-    uniq, inv = torch.unique(indices, return_inverse=True)
-    table = dequantize_rows(rows[uniq], nbit, torch.float16, n_codes, signed).to(torch.float64)
-    w = None if per_sample_weights is None else per_sample_weights.to(torch.float64)
-    out = F.embedding_bag(inv, table, offsets.long(), mode=mode, per_sample_weights=w,
-                          include_last_offset=include_last_offset)
+    width = _WIDTH[rows.dtype]
+    per = width // nbit
+    head = fmt.header_elems(width)
+    sub = rows[indices]  # [n, E]: the looked-up rows, in lookup order
+    s, h = _header(sub)
+    q = _codes(sub[:, head:head - (-n_codes // per)], nbit, 1, signed, None)[:, :n_codes]  # int32
+    if _fp32_exact_fp16(s, h, nbit):
+        table = torch.addcmul(h.float()[:, None], q, s.float()[:, None]).half()  # exact, then one rounding
+    else:
+        table = round_from_f64(torch.addcmul(h.double()[:, None], q, s.double()[:, None]), torch.float16)
+    w = None if per_sample_weights is None else per_sample_weights.float()
+    out = F.embedding_bag(torch.arange(indices.numel()), table.float(), offsets.long(), mode=mode,
+                          per_sample_weights=w, include_last_offset=include_last_offset)
     return out.to(dtype)

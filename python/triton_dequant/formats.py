@@ -17,7 +17,8 @@ the row-fused header, and the argument validators every public function shares.
 Validators raise ``TypeError`` for a value of the wrong type and ``ValueError`` for
 a wrong value, always naming the argument (``where`` prefixes the message, e.g.
 ``"tl.dequantize: "``). They accept ``torch.SymInt`` where an int is expected, so that
-traced code (``torch.compile(dynamic=True)``) keeps working.
+traced code (``torch.compile(dynamic=True)``) keeps working: bit widths and axes are
+specialized to Python ints (they decide the code), counts stay symbolic.
 """
 from __future__ import annotations
 
@@ -99,16 +100,13 @@ def check_container_dtype(dtype, name: str = "container", where: str = "") -> in
     return CONTAINER_BITS[dtype]
 
 
-def check_nbit(nbit, allowed=NBITS, width: int | None = None, name: str = "nbit", where: str = ""):
-    """``nbit`` in ``allowed`` (and dividing ``width`` if given). A traced SymInt is
-    checked with ``torch._check`` (no string formatting of symbolic values)."""
+def check_nbit(nbit, allowed=NBITS, width: int | None = None, name: str = "nbit", where: str = "") -> int:
+    """``nbit`` in ``allowed`` (and dividing ``width`` if given), as a Python int: a
+    traced SymInt (``torch.compile(dynamic=True)``) is specialized, since the bit width
+    decides the code itself (one compiled graph per width, like any static argument)."""
     if not is_int(nbit):
         raise TypeError(f"{where}`{name}` must be an int, one of {', '.join(map(str, allowed))}, got {_type(nbit)}")
-    if isinstance(nbit, torch.SymInt):
-        lo, hi = min(allowed), max(allowed)
-        torch._check(lo <= nbit, lambda: f"`{name}` must be in [{lo}, {hi}]")
-        torch._check(nbit <= hi, lambda: f"`{name}` must be in [{lo}, {hi}]")
-        return nbit
+    nbit = int(nbit)
     if nbit not in allowed:
         raise ValueError(f"{where}`{name}` must be one of {', '.join(map(str, allowed))}, got {nbit}")
     if width is not None and width % nbit:
@@ -126,6 +124,7 @@ def check_dim(dim, ndim: int, name: str = "dim", where: str = "", what: str = "t
     """An axis of an ``ndim``-d tensor -> normalized to ``[0, ndim)``."""
     if not is_int(dim):
         raise TypeError(f"{where}`{name}` must be an int, got {_type(dim)}")
+    dim = int(dim)  # static under tracing too: it decides the layout
     if ndim == 0:
         raise ValueError(f"{where}`{name}`: a 0-d {what} has no dimension {dim}; reshape it to 1-d")
     if not -ndim <= dim < ndim:
@@ -143,8 +142,6 @@ def check_int(v, name: str, lo: int | None = None, hi: int | None = None, where:
     """An int in ``[lo, hi]`` (either bound optional); ``what`` explains the bounds."""
     if not is_int(v):
         raise TypeError(f"{where}`{name}` must be an int, got {_type(v)}")
-    if isinstance(v, torch.SymInt):
-        return v
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None \
             else f"<= {hi}"

@@ -48,6 +48,13 @@ def _same_device(**tensors):
             raise ValueError(f"`{n}` is on {d}, expected {first} like the other inputs")
 
 
+def _plain(*tensors) -> bool:
+    """Eager call on real tensors (any device): the custom op's body may run directly."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
+
+
 def _direct(*tensors) -> bool:
     """Eager call on real CUDA tensors: launch the kernel directly and skip the
     dispatcher's per-call cost (tens of microseconds, as much as a decode GEMV).
@@ -170,9 +177,8 @@ def check_offsets(offsets: torch.Tensor, n_indices: int, include_last_offset: bo
     weighted results disagree otherwise)."""
     if offsets.numel() == 0:
         return
-    first, last = offsets[0], offsets[-1]
     bad_order = (offsets[1:] < offsets[:-1]).any() if offsets.numel() > 1 else offsets.new_zeros((), dtype=torch.bool)
-    first, last, bad_order = torch.stack([first.long(), last.long(), bad_order.long()]).tolist()
+    first, last, bad_order = torch.stack([offsets[0].long(), offsets[-1].long(), bad_order.long()]).tolist()
     if first != 0:
         raise ValueError(f"`offsets[0]` must be 0 (bag 0 starts at the first index, as in F.embedding_bag), "
                          f"got {first}")
@@ -184,10 +190,8 @@ def check_offsets(offsets: torch.Tensor, n_indices: int, include_last_offset: bo
         raise ValueError(f"`offsets` must be <= len(indices) = {n_indices}, got offsets[-1] = {last}")
 
 
-@torch.library.custom_op("triton_dequant::embedding_bag", mutates_args=())
-def _embedding_bag_op(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, nbit: int,
-                      mode: str, per_sample_weights: Optional[torch.Tensor], n_codes: int, dtype: torch.dtype,
-                      include_last_offset: bool, signed: bool, check_indices: bool) -> torch.Tensor:
+def _embedding_bag_impl(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype,
+                        include_last_offset, signed, check_indices):
     cpu = rows.device.type == "cpu"
     if check_indices or cpu:  # the CPU path always checks: it costs no device sync there
         check_offsets(offsets, indices.numel(), include_last_offset)
@@ -203,6 +207,14 @@ def _embedding_bag_op(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.
     from . import _cpu
     return _cpu.embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype,
                               include_last_offset, signed)
+
+
+@torch.library.custom_op("triton_dequant::embedding_bag", mutates_args=())
+def _embedding_bag_op(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, nbit: int,
+                      mode: str, per_sample_weights: Optional[torch.Tensor], n_codes: int, dtype: torch.dtype,
+                      include_last_offset: bool, signed: bool, check_indices: bool) -> torch.Tensor:
+    return _embedding_bag_impl(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype,
+                               include_last_offset, signed, check_indices)
 
 
 @_embedding_bag_op.register_fake
@@ -254,8 +266,9 @@ def embedding_bag(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tens
     if include_last_offset and offsets.numel() == 0:
         raise ValueError("`offsets` must not be empty with include_last_offset=True")
     _same_device(rows=rows, indices=indices, offsets=offsets, per_sample_weights=per_sample_weights)
-    return _embedding_bag_op(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype,
-                             include_last_offset, signed, check_indices)
+    op = _embedding_bag_impl if _plain(rows, indices, offsets, per_sample_weights) else _embedding_bag_op
+    return op(rows, indices, offsets, nbit, mode, per_sample_weights, n_codes, dtype, include_last_offset, signed,
+              check_indices)
 
 
 # --- linear --------------------------------------------------------------------------------------
