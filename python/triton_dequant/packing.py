@@ -151,10 +151,142 @@ def pack(codes: torch.Tensor, nbit: int, *, dim: int = -1, container: torch.dtyp
     # wherever codes of another dtype could carry bits above nbit
     masked = signed or not check
     x = codes.movedim(d, -1)
-    out = _pack_dense(x, nbit, W, masked) if dense else _pack_padded(x, nbit, W, masked)
+    if not torch.compiler.is_compiling() and _byte_stream(nbit, W, dense):
+        out = _pack_bytes(x, nbit, W, dense, masked)  # eager: word arithmetic on contiguous bytes
+    elif dense and 8 % nbit == 0:  # the bits of padded packing; only the padding differs
+        out = _pack_padded(_slices(x, -(-x.shape[-1] // W) * W), nbit, W, masked)
+    elif dense:
+        out = _pack_dense_words(x, nbit, W, masked)
+    else:  # compiled: one fused kernel
+        out = _pack_padded(x, nbit, W, masked)
     if out.dtype != container:
         out = out.view(container)
     return out.movedim(-1, d).contiguous()
+
+
+# --- byte streams: codes in uint8 lanes of wide words, folded together by shifts --------------
+#
+# Little endian, padded packing into bytes (and any container when nbit divides 8) is
+# the LSB-first bit stream of the bytes, and so is dense packing. Packing views the
+# codes (one per byte) as words of ``g`` bytes and folds neighbouring groups together
+# in log2(g) shift-and-or steps, all on contiguous words (vectorized, no strided
+# access); unpacking looks each byte up in a 256-entry table of its codes.
+
+_WORDS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _byte_stream(nbit: int, W: int, dense: bool) -> bool:
+    """Whether the byte route applies: the packed bytes do not depend on ``W``."""
+    return W == 8 or 8 % nbit == 0 or dense
+
+
+def _i64(v: int) -> int:
+    """A 64-bit pattern as the int64 value torch takes."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _fold_masks(nbit: int, s: int):
+    """Step ``s`` of the dense fold: groups of ``2**s`` codes (``nbit * 2**s`` bits at
+    the start of every ``2**s``-byte lane) pair up; (keep-low, move-high, shift)."""
+    bits, lane = nbit << s, 8 << s
+    lo = sum(((1 << bits) - 1) << (2 * lane * k) for k in range(64 // (2 * lane)))
+    return _i64(lo), _i64(lo << lane), (8 - nbit) << s
+
+
+# codes per chunk of the eager byte routes: the words of a chunk stay in the cache
+# through all the fold steps (2x faster than whole-tensor passes on the bench machine)
+_CHUNK = 1 << 20
+
+
+def _pack_bytes(x: torch.Tensor, nbit: int, W: int, dense: bool, masked: bool) -> torch.Tensor:
+    """Codes ``[..., n]`` -> the packed bytes (``_byte_stream`` layouts), padded to whole
+    container elements; eager, in cache-sized chunks of the code stream."""
+    if 8 % nbit == 0:  # 8 // nbit codes per byte; dense == padded but for the padding
+        group, per_elem = 8 // nbit, W if dense else W // nbit
+    elif not dense:    # padded bytes (W == 8) with 8 % nbit spare bits: 2 or 1 codes per byte
+        group, per_elem = 8 // nbit, 8 // nbit
+    else:              # dense 3/5/6/7 bits: 8 codes -> nbit bytes, W codes -> nbit elements
+        group, per_elem = 8, W
+    n_pad = -(-x.shape[-1] // per_elem) * per_elem
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    if n_pad != x.shape[-1] or not x.is_contiguous():
+        x = _slices(x.to(torch.uint8), n_pad).contiguous()
+    flat = x.reshape(-1)
+    stream = 8 % nbit == 0 or dense  # nbit bits per code; else `group` codes per byte
+
+    def nbytes(codes: int) -> int:
+        return codes * nbit // 8 if stream else codes // group
+
+    out = torch.empty(nbytes(flat.numel()), dtype=torch.uint8, device=x.device)
+    step = _CHUNK // (8 * group) * (8 * group)
+    for i in range(0, flat.numel(), step):
+        c = flat[i:i + step].to(torch.uint8)
+        if masked:
+            c = c & ((1 << nbit) - 1)
+        o = out[nbytes(i):nbytes(i + c.numel())]
+        if group == 1:  # one code per byte: the codes themselves
+            o.copy_(c)
+            continue
+        w = c.view(_WORDS[group])  # one word per group of codes, a code per byte
+        steps = group.bit_length() - 1
+        if 8 % nbit == 0 or not dense:  # nbit <= 4: a shifted group never reaches its neighbour's bits
+            w = w | (w >> (8 - nbit))
+            for s_ in range(1, steps):
+                w |= w >> ((8 - nbit) << s_)
+            o.copy_(w)  # each word's low byte holds its group
+        else:  # pairs of groups, masked, 8 codes -> nbit * 8 low bits
+            for s_ in range(steps):
+                lo, hi, sh = _fold_masks(nbit, s_)
+                w = (w & lo) | ((w & hi) >> sh)
+            o.view(-1, nbit).copy_(w.view(torch.uint8).view(-1, 8)[:, :nbit])
+    return out.reshape(*x.shape[:-1], -1)
+
+
+def _unfold_keep(nbit: int, s: int, group: int) -> int:
+    """Step ``s`` of the padded unfold: in every lane of ``2**s`` bytes keep the low
+    ``nbit * 2**s`` bits (words of ``group`` bytes)."""
+    lane = 8 << s
+    return _i64(sum(((1 << (nbit << s)) - 1) << (lane * k) for k in range(group * 8 // lane)))
+
+
+def _unpack_bytes(x: torch.Tensor, nbit: int, dense: bool, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Packed bytes (``_byte_stream`` layouts) -> one code per byte: the fold of
+    :func:`_pack_bytes` run backwards, on contiguous words, in cache-sized chunks."""
+    b = x.contiguous().view(torch.uint8)  # [..., bytes]
+    flat = b.reshape(-1)
+    spread = 8 % nbit == 0 or not dense  # else dense 3/5/6/7 bits: nbit bytes -> 8 codes
+    group = 8 // nbit if spread else 8
+
+    def ncodes(nbytes: int) -> int:
+        return nbytes * group if spread else nbytes * 8 // nbit
+
+    out = torch.empty(ncodes(flat.numel()), dtype=dtype, device=x.device)
+    step = _CHUNK // 8 * (1 if spread else nbit)  # bytes per chunk (whole dense groups)
+    for i in range(0, flat.numel(), step):
+        c = flat[i:i + step]
+        if group == 1:
+            q = c & ((1 << nbit) - 1) if nbit < 8 else c
+        elif nbit == 1:  # the byte in all 8 lanes, lane j keeps bit j: nonzero is the code
+            w = (c.to(torch.int64) * 0x0101010101010101) & _i64(0x8040201008040201)
+            q = w.view(torch.uint8) != 0
+        elif spread:
+            w = c.to(_WORDS[group])  # one word per byte, its codes spread over the word's bytes
+            for s_ in reversed(range(group.bit_length() - 1)):
+                w = (w | (w << ((8 - nbit) << s_))) & _unfold_keep(nbit, s_, group)
+            q = w.view(torch.uint8)
+        else:  # through an int64 word per group of nbit bytes
+            w = F.pad(c.view(-1, nbit), (0, 8 - nbit)).view(torch.int64)[:, 0]
+            for s_ in reversed(range(3)):
+                lo, hi, sh = _fold_masks(nbit, s_)
+                w = (w & lo) | ((w << sh) & hi)
+            q = w.view(torch.uint8)
+        if signed and nbit < 8:  # sign-extend each byte's code
+            q = (q.view(torch.uint8).view(torch.int8) << (8 - nbit)) >> (8 - nbit)
+        elif signed:
+            q = q.view(torch.int8)
+        out[ncodes(i):ncodes(i + c.numel())].copy_(q)
+    return out.reshape(*b.shape[:-1], -1)
 
 
 def _slices(x: torch.Tensor, n_pad: int):
@@ -186,26 +318,16 @@ def _pack_padded(x: torch.Tensor, nbit: int, W: int, masked: bool) -> torch.Tens
     return out
 
 
-def _pack_dense(x: torch.Tensor, nbit: int, W: int, masked: bool) -> torch.Tensor:
-    """Groups of ``W`` codes -> ``nbit`` words: word ``k`` ORs every code overlapping it,
-    shifted into place (a code crosses at most one word boundary)."""
-    work, mask = _WORK[W], (1 << nbit) - 1
-    m = -(-x.shape[-1] // W)
-    x = _slices(x, m * W)
-    words = [None] * nbit
-    for j in range(W):
-        t = _as_work(x[..., j::W], work, mask, masked)
-        bit = j * nbit
-        k, off = divmod(bit, W)
-        parts = [(k, t << off if off else t)]
-        if off + nbit > W:  # the code's high bits start word k + 1
-            parts.append((k + 1, t >> (W - off)))
-        for kk, part in parts:
-            words[kk] = part if words[kk] is None else words[kk] | part
-    out = torch.empty(*x.shape[:-1], m, nbit, dtype=work, device=x.device)
-    for k in range(nbit):  # strided writes: one fused kernel under torch.compile (a stack is not)
-        out[..., k] = words[k]
-    return out.reshape(*x.shape[:-1], m * nbit)
+def _pack_dense_words(x: torch.Tensor, nbit: int, W: int, masked: bool) -> torch.Tensor:
+    """Dense packing, nbit in 3, 5, 6, 7: each group of 8 codes ORed into one int64 word
+    (``8 * nbit`` bits), whose low ``nbit`` bytes are the group's bytes."""
+    mask = (1 << nbit) - 1
+    x = _slices(x, -(-x.shape[-1] // W) * W)
+    w = None
+    for j in range(8):
+        t = _as_work(x[..., j::8], torch.int64, mask, masked) << (j * nbit)
+        w = t if w is None else w | t
+    return w.view(torch.uint8).reshape(*w.shape, 8)[..., :nbit].reshape(*w.shape[:-1], -1)
 
 
 def unpack(packed: torch.Tensor, nbit: int, *, dim: int = -1, container: Optional[torch.dtype] = None,
@@ -242,7 +364,12 @@ def unpack(packed: torch.Tensor, nbit: int, *, dim: int = -1, container: Optiona
         n = fmt.check_int(n, "n", 0, capacity, what=" (the codes `packed` holds along `dim`)")
     work = (torch.int8 if signed else torch.uint8) if W == 8 else fmt.SIGNED_TWIN[packed.dtype]
     x = packed.view(work).movedim(d, -1)
-    q = _unpack_dense(x, nbit, W, signed, dtype) if dense else _unpack_padded(x, nbit, W, signed, dtype)
+    if not torch.compiler.is_compiling() and _byte_stream(nbit, W, dense):
+        q = _unpack_bytes(x, nbit, dense, signed, dtype)  # eager: word arithmetic on contiguous bytes
+    elif dense and 8 % nbit:
+        q = _unpack_dense(x, nbit, W, signed, dtype)
+    else:  # padded (dense with nbit dividing 8: the same bits); compiled: one fused kernel
+        q = _unpack_padded(x, nbit, W, signed, dtype)
     if n is not None and n != capacity:
         q = q[..., :n]
     return q.movedim(-1, d)
