@@ -4,8 +4,8 @@
 inside a ``@triton.jit`` kernel, ``tl.dequantize(x, scale, shift, nbit)`` (also
 ``triton_dequant.language.dequantize``). The top level holds the host ops on torch
 tensors (:mod:`.ops`: ``dequantize``, ``dequantize_rows``, ``embedding_bag``,
-``linear``) and the packing functions (:mod:`.packing`); the format facts live in
-:mod:`.formats`.
+``linear``), the packing functions (:mod:`.packing`) and the models (:mod:`.model`:
+``QuantizedLinear``, ``quantize_model``); the format facts live in :mod:`.formats`.
 """
 from . import formats, language, layout, ptx, reference
 from .language import use_portable

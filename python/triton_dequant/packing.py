@@ -375,41 +375,30 @@ def unpack(packed: torch.Tensor, nbit: int, *, dim: int = -1, container: Optiona
     return q.movedim(-1, d)
 
 
-def _field(t: torch.Tensor, shift: int, nbit: int, W: int, signed: bool) -> torch.Tensor:
-    """Bits ``[shift, shift + nbit)`` of each word (arithmetic dtype of width ``W``; int8
-    for signed 8-bit codes) as a code, sign-extended if ``signed``."""
-    if signed:  # the field to the top, then an arithmetic shift down sign-extends it
-        up = W - nbit - shift
-        return (t << up if up else t) >> (W - nbit)
-    v = t >> shift if shift else t
-    # uint8: a logical shift, so the top field needs no mask; int16/int32 shifts are arithmetic
-    return v if t.dtype == torch.uint8 and shift + nbit == W else v & ((1 << nbit) - 1)
-
-
 def _unpack_padded(x: torch.Tensor, nbit: int, W: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``[..., m]`` elements -> ``[..., m * PER]`` codes: every field at once, a broadcast
+    shift by a ``[PER]`` table (compiled: one vectorized kernel; strided stores are not)."""
     per = W // nbit
-    out = torch.empty(*x.shape, per, dtype=dtype, device=x.device)
-    for j in range(per):  # strided writes into the output (a stack would copy, and not fuse)
-        out[..., j] = _field(x, j * nbit, nbit, W, signed)
-    return out.reshape(*x.shape[:-1], x.shape[-1] * per)
+    sh = torch.arange(per, dtype=x.dtype, device=x.device) * nbit
+    if signed:  # each field to the top, then an arithmetic shift sign-extends it
+        q = (x.unsqueeze(-1) << (W - nbit - sh)) >> (W - nbit)
+    else:
+        q = (x.unsqueeze(-1) >> sh) & ((1 << nbit) - 1)
+    return q.to(dtype).reshape(*x.shape[:-1], x.shape[-1] * per)
 
 
 def _unpack_dense(x: torch.Tensor, nbit: int, W: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
-    m = x.shape[-1] // nbit
-    words = x.reshape(*x.shape[:-1], m, nbit)
-    out = torch.empty(*x.shape[:-1], m, W, dtype=dtype, device=x.device)
-    for j in range(W):
-        k, off = divmod(j * nbit, W)
-        w = words[..., k]
-        if off + nbit <= W:
-            c = _field(w, off, nbit, W, signed)
-        else:  # the code spans words k and k + 1: its low bits end word k, its high bits start k + 1
-            lo_bits = W - off
-            c = ((w >> off) & ((1 << lo_bits) - 1)) | ((words[..., k + 1] & ((1 << (nbit - lo_bits)) - 1)) << lo_bits)
-            if signed:  # c < 2**nbit <= 2**7 here: fits the (signed) arithmetic dtype
-                c = c - ((c >> (nbit - 1)) << nbit)
-        out[..., j] = c
-    return out.reshape(*x.shape[:-1], m * W)
+    """Dense 3/5/6/7 bits: each group of nbit bytes (8 codes) as one int64 word, then its
+    8 fields at once."""
+    b = x.contiguous().view(torch.uint8)
+    g = b.shape[-1] // nbit
+    w = F.pad(b.reshape(*b.shape[:-1], g, nbit), (0, 8 - nbit)).view(torch.int64)  # [..., g, 1]
+    sh = torch.arange(8, dtype=torch.int64, device=x.device) * nbit
+    if signed:
+        q = (w << (64 - nbit - sh)) >> (64 - nbit)
+    else:
+        q = (w >> sh) & ((1 << nbit) - 1)
+    return q.to(dtype).reshape(*b.shape[:-1], g * 8)
 
 
 # --- bool masks -------------------------------------------------------------------------------

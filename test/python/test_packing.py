@@ -618,7 +618,7 @@ def test_compile_one_kernel(nbit, container, dense, dim):
                          fullgraph=True, dynamic=False)
     codes2, n_unpack = _kernels(u_fn, packed)
     assert torch.equal(codes2.long(), codes)
-    assert n_unpack == 1
+    assert n_unpack == (2 if dense and 8 % nbit else 1)  # dense 3/5/6/7: bytes into int64 words first
 
 
 @pytest.mark.skipif(not _HAS_CXX, reason="inductor's CPU backend needs a C++ compiler")
