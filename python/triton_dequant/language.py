@@ -76,7 +76,7 @@ def ptx_source_hash(path: str) -> str:
 
 def _builtin(fn):
     """Like ``triton.language.core.builtin``, but also usable as
-    ``triton_dequant.dequantize`` under ``TRITON_INTERPRET=1`` (the interpreter
+    ``triton_dequant.language.dequantize`` under ``TRITON_INTERPRET=1`` (the interpreter
     only patches builtins it finds on ``triton.language``)."""
 
     @functools.wraps(fn)
@@ -398,7 +398,7 @@ def install() -> None:
     but not builtins, and it skips every ``tl.*`` attribute; so a change of this
     package's lowering would be served stale from the on-disk cache. We mix
     :func:`lowering_key` into the dependency hash of every function that
-    references ``dequantize`` (by ``tl.dequantize``, ``triton_dequant.dequantize``
+    references ``dequantize`` (by ``tl.dequantize``, ``triton_dequant.language.dequantize``
     or a bare imported name)."""
     global _installed
     if _installed:

@@ -8,9 +8,11 @@ like :mod:`triton_dequant.reference`, sized for development). The Python wrapper
 check every argument and raise ``TypeError`` (wrong type) / ``ValueError`` (wrong
 value) naming it; out-of-range embedding ids raise ``IndexError``.
 
-Sizes: every op handles tensors past 2**31 elements (64-bit offsets where a product
-can pass 2**31, chosen per launch); the limits are the CUDA grid (2**31 - 1 programs)
-and, for ``embedding_bag``, 2**31 - 1 bags.
+Sizes: ``dequantize``, ``dequantize_rows`` and ``embedding_bag`` handle tensors, rows and
+lookup streams past 2**31 elements (int64 offsets where a product can pass 2**31, chosen
+per launch; int64 ``offsets``/``indices`` are never truncated); the limit is the CUDA grid,
+2**31 - 1 programs (2**42 outputs at the default tiles; ``embedding_bag``: bags x column
+blocks). The CPU paths have no limit of their own.
 """
 from __future__ import annotations
 

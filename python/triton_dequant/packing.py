@@ -185,12 +185,23 @@ def _i64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _fold_masks(nbit: int, s: int):
-    """Step ``s`` of the dense fold: groups of ``2**s`` codes (``nbit * 2**s`` bits at
-    the start of every ``2**s``-byte lane) pair up; (keep-low, move-high, shift)."""
+def _dense_group(nbit: int):
+    """Dense 3/5/6/7 bits: the fewest codes filling whole bytes (8 // gcd(nbit, 8)) and
+    their bytes."""
+    g = 8 // math.gcd(nbit, 8)
+    return g, nbit * g // 8
+
+
+def _fold_masks(nbit: int, s: int, g: int = 8):
+    """Step ``s`` of the dense fold in words of ``g`` bytes: groups of ``2**s`` codes
+    (``nbit * 2**s`` bits at the start of every ``2**s``-byte lane) pair up;
+    (keep-low, move-high, shift)."""
     bits, lane = nbit << s, 8 << s
-    lo = sum(((1 << bits) - 1) << (2 * lane * k) for k in range(64 // (2 * lane)))
-    return _i64(lo), _i64(lo << lane), (8 - nbit) << s
+    lo = sum(((1 << bits) - 1) << (2 * lane * k) for k in range(8 * g // (2 * lane)))
+    hi = lo << lane
+    if g < 8:  # as the (signed) word dtype of g bytes sees the pattern
+        lo, hi = (v - (1 << 8 * g) if v >= 1 << (8 * g - 1) else v for v in (lo, hi))
+    return _i64(lo), _i64(hi), (8 - nbit) << s
 
 
 # codes per chunk of the eager byte routes: the words of a chunk stay in the cache
@@ -205,8 +216,8 @@ def _pack_bytes(x: torch.Tensor, nbit: int, W: int, dense: bool, masked: bool) -
         group, per_elem = 8 // nbit, W if dense else W // nbit
     elif not dense:    # padded bytes (W == 8) with 8 % nbit spare bits: 2 or 1 codes per byte
         group, per_elem = 8 // nbit, 8 // nbit
-    else:              # dense 3/5/6/7 bits: 8 codes -> nbit bytes, W codes -> nbit elements
-        group, per_elem = 8, W
+    else:              # dense 3/5/6/7 bits: g codes -> nbit * g / 8 bytes, W codes -> nbit elements
+        group, per_elem = _dense_group(nbit)[0], W
     n_pad = -(-x.shape[-1] // per_elem) * per_elem
     if x.dtype == torch.bool:
         x = x.to(torch.uint8)
@@ -235,11 +246,12 @@ def _pack_bytes(x: torch.Tensor, nbit: int, W: int, dense: bool, masked: bool) -
             for s_ in range(1, steps):
                 w |= w >> ((8 - nbit) << s_)
             o.copy_(w)  # each word's low byte holds its group
-        else:  # pairs of groups, masked, 8 codes -> nbit * 8 low bits
+        else:  # pairs of groups, masked: g codes -> their nbit * g low bits
             for s_ in range(steps):
-                lo, hi, sh = _fold_masks(nbit, s_)
+                lo, hi, sh = _fold_masks(nbit, s_, group)
                 w = (w & lo) | ((w & hi) >> sh)
-            o.view(-1, nbit).copy_(w.view(torch.uint8).view(-1, 8)[:, :nbit])
+            nb = nbit * group // 8
+            o.view(-1, nb).copy_(w.view(torch.uint8).view(-1, group)[:, :nb])
     return out.reshape(*x.shape[:-1], -1)
 
 
@@ -250,42 +262,53 @@ def _unfold_keep(nbit: int, s: int, group: int) -> int:
     return _i64(sum(((1 << (nbit << s)) - 1) << (lane * k) for k in range(group * 8 // lane)))
 
 
+_TABLES: dict = {}
+
+
+def _byte_table(nbit: int, signed: bool, device) -> torch.Tensor:
+    """The codes of every byte value: ``[256]`` words of ``8 // nbit`` code bytes (int8
+    if signed: sign-extended)."""
+    key = (nbit, signed, str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        per = 8 // nbit
+        b = torch.arange(256, dtype=torch.int64)
+        codes = torch.stack([(b >> (j * nbit)) & ((1 << nbit) - 1) for j in range(per)], -1)
+        if signed:
+            codes = codes - ((codes >> (nbit - 1)) << nbit)
+        t = codes.to(torch.int8 if signed else torch.uint8).reshape(-1).view(_WORDS[per]).to(device)
+        _TABLES[key] = t
+    return t
+
+
 def _unpack_bytes(x: torch.Tensor, nbit: int, dense: bool, signed: bool, dtype: torch.dtype) -> torch.Tensor:
-    """Packed bytes (``_byte_stream`` layouts) -> one code per byte: the fold of
-    :func:`_pack_bytes` run backwards, on contiguous words, in cache-sized chunks."""
+    """Packed bytes (``_byte_stream`` layouts) -> codes. Padded (and dense with nbit
+    dividing 8): one lookup per byte in a 256-entry table of its codes; dense 3/5/6/7
+    bits: the fold of :func:`_pack_bytes` run backwards on words, in cache-sized chunks."""
     b = x.contiguous().view(torch.uint8)  # [..., bytes]
+    if 8 % nbit == 0 or not dense:
+        per = 8 // nbit
+        if per == 1:
+            q = b & ((1 << nbit) - 1) if nbit < 8 else b
+            q = ((q.view(torch.int8) << (8 - nbit)) >> (8 - nbit)) if signed else q
+        else:
+            q = _byte_table(nbit, signed, b.device).index_select(0, b.reshape(-1).to(torch.int32))
+            q = q.view(torch.int8 if signed else torch.uint8).reshape(*b.shape[:-1], -1)
+        return q if q.dtype == dtype else q.to(dtype)
+    g, nb = _dense_group(nbit)  # g codes in nb bytes
     flat = b.reshape(-1)
-    spread = 8 % nbit == 0 or not dense  # else dense 3/5/6/7 bits: nbit bytes -> 8 codes
-    group = 8 // nbit if spread else 8
-
-    def ncodes(nbytes: int) -> int:
-        return nbytes * group if spread else nbytes * 8 // nbit
-
-    out = torch.empty(ncodes(flat.numel()), dtype=dtype, device=x.device)
-    step = _CHUNK // 8 * (1 if spread else nbit)  # bytes per chunk (whole dense groups)
+    out = torch.empty(flat.numel() // nb * g, dtype=dtype, device=x.device)
+    step = _CHUNK // g * nb  # bytes per chunk (whole groups)
     for i in range(0, flat.numel(), step):
         c = flat[i:i + step]
-        if group == 1:
-            q = c & ((1 << nbit) - 1) if nbit < 8 else c
-        elif nbit == 1:  # the byte in all 8 lanes, lane j keeps bit j: nonzero is the code
-            w = (c.to(torch.int64) * 0x0101010101010101) & _i64(0x8040201008040201)
-            q = w.view(torch.uint8) != 0
-        elif spread:
-            w = c.to(_WORDS[group])  # one word per byte, its codes spread over the word's bytes
-            for s_ in reversed(range(group.bit_length() - 1)):
-                w = (w | (w << ((8 - nbit) << s_))) & _unfold_keep(nbit, s_, group)
-            q = w.view(torch.uint8)
-        else:  # through an int64 word per group of nbit bytes
-            w = F.pad(c.view(-1, nbit), (0, 8 - nbit)).view(torch.int64)[:, 0]
-            for s_ in reversed(range(3)):
-                lo, hi, sh = _fold_masks(nbit, s_)
-                w = (w & lo) | ((w << sh) & hi)
-            q = w.view(torch.uint8)
-        if signed and nbit < 8:  # sign-extend each byte's code
-            q = (q.view(torch.uint8).view(torch.int8) << (8 - nbit)) >> (8 - nbit)
-        elif signed:
-            q = q.view(torch.int8)
-        out[ncodes(i):ncodes(i + c.numel())].copy_(q)
+        w = F.pad(c.view(-1, nb), (0, g - nb)).view(_WORDS[g])[:, 0]
+        for s_ in reversed(range(g.bit_length() - 1)):
+            lo, hi, sh = _fold_masks(nbit, s_, g)
+            w = (w & lo) | ((w << sh) & hi)
+        q = w.view(torch.uint8)
+        if signed:  # sign-extend each byte's code
+            q = (q.view(torch.int8) << (8 - nbit)) >> (8 - nbit)
+        out[i // nb * g:(i + c.numel()) // nb * g].copy_(q)
     return out.reshape(*b.shape[:-1], -1)
 
 

@@ -1,7 +1,7 @@
 """Slow, exact reference implementations (plain torch, CPU or CUDA).
 
 Everything here computes the *exact* value and rounds it once to the output
-format, which is the contract of :func:`triton_dequant.dequantize` and of the
+format, which is the contract of ``tl.dequantize`` (:func:`triton_dequant.language.dequantize`) and of the
 PTX emulator in :mod:`triton_dequant.ptx`. Values travel as float64 tensors:
 every fp16 / bf16 / fp32 number is exactly representable in float64.
 """
