@@ -1,6 +1,5 @@
 """The CPU paths of the host ops (triton_dequant._cpu): bit-identical to the exact
 references where they round (the dequantized weight / table), BLAS where they sum."""
-import itertools
 
 import pytest
 import torch
