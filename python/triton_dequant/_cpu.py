@@ -69,7 +69,32 @@ def exact_in(scale: torch.Tensor, shift: torch.Tensor, nbit: int, precision: int
     return bool(((hi - lo + 1 <= precision) & (hi <= emax) | zero).all())
 
 
-def _work_dtype(scale: torch.Tensor, shift: torch.Tensor, nbit: int):
+_SIG_BITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24}
+
+
+def _fp32_exact_narrow(s: torch.Tensor, h: torch.Tensor, nbit: int, bits: int) -> bool:
+    """A cheap sufficient condition for :func:`exact_in` at fp32 when ``s`` and ``h``
+    hold values of at most ``bits <= 11`` significant bits (fp16/bf16 values): their
+    magnitudes (with ``2**nbit`` for the codes) within ``2**(23 - bits)`` of each other
+    put every bit of ``s*q + h`` within 24 consecutive positions. Zeros and IEEE
+    specials are exact anyway; overflow needs |values| < 2**(127 - 23 + bits - nbit)."""
+    r = float(1 << (23 - bits))
+    a, b = s.float().abs(), h.float().abs()
+    ab = a * b  # 0 or not finite: a zero or special operand
+    near = (b <= a * r) & (a * float(1 << nbit) <= b * r) & (a < 2.0 ** 100) & (b < 2.0 ** 100)
+    return bool((near | (ab == 0) | ~torch.isfinite(ab)).all())
+
+
+def _bits(scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> int:
+    """Significant bits of scale/shift once rounded to ``dtype``."""
+    return min(_SIG_BITS[scale.dtype], _SIG_BITS[shift.dtype], _SIG_BITS[dtype])
+
+
+def _work_dtype(scale: torch.Tensor, shift: torch.Tensor, nbit: int, bits: int | None = None):
+    """The cheapest exact working precision (None: neither fp32 nor float64);
+    ``bits``: significant bits of the values if known to be at most 11."""
+    if bits is not None and bits <= 11 and _fp32_exact_narrow(scale, shift, nbit, bits):
+        return torch.float32
     for dtype, precision, emax in _WORK:
         if exact_in(scale, shift, nbit, precision, emax):
             return dtype
@@ -141,7 +166,8 @@ def _affine(q: torch.Tensor, s: torch.Tensor, h: torch.Tensor, work, dtype: torc
     if work is None:
         w = ref.fma(q, s, h, ref.float_format(dtype))
     else:
-        w = torch.addcmul(h.to(work), q, s.to(work))  # exact: see exact_in
+        # exact (see exact_in); contiguous scale/shift rows keep addcmul on its vectorized path
+        w = torch.addcmul(h.to(work).contiguous(), q, s.to(work).contiguous())
         if work == torch.float64 and dtype != torch.float32:
             w = round_from_f64(w, dtype)
     if out is not None:
@@ -165,7 +191,7 @@ def linear_weight(qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
     s = scale.to(dtype)  # one RNE: every cast among fp16, bf16, fp32 is correctly rounded
     h = shift.to(dtype)
     if work == "auto":
-        work = _work_dtype(s, h, nbit)
+        work = _work_dtype(s, h, nbit, _bits(scale, shift, dtype))
     q = _codes(qweight[k0 // pk:k1 // pk, n0 // pn:n1 // pn], nbit, packed_dim, signed, work or torch.float64)
     if s.dim() == 1 or s.shape[0] == 1:
         s, h = s.reshape(1, -1)[:, n0:n1], h.reshape(1, -1)[:, n0:n1]
@@ -195,7 +221,7 @@ def linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, shift: t
     if y.numel() and K:
         dtype = x.dtype
         s, h = scale.to(dtype), shift.to(dtype)
-        work = _work_dtype(s, h, nbit)
+        work = _work_dtype(s, h, nbit, _bits(scale, shift, dtype))
         gk = group_size if s.dim() == 2 and s.shape[0] > 1 else pk  # block steps along K and N
         kb = max(gk, 128 // gk * gk) if gk < 128 else gk
         nb = max(pn, _BLOCK_ELEMS // kb // pn * pn)
@@ -250,13 +276,14 @@ def dequantize(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, n
     if out.numel() == 0:
         return out
     nd = len(shape)
+    bits = _bits(scale, shift, dtype)
     s = scale.to(dtype).reshape([1] * (nd - scale.dim()) + list(scale.shape))
     h = shift.to(dtype).reshape([1] * (nd - shift.dim()) + list(shift.shape))
-    work0 = _work_dtype(s, h, nbit) if s.numel() * h.numel() <= _CHUNK else "chunk"
+    work0 = _work_dtype(s, h, nbit, bits) if s.numel() * h.numel() <= _CHUNK else "chunk"
     for idx in _chunks(shape, per, dim):
         oidx = _out_index(idx, per, dim)
         sc, hc = _bcast_index(s, oidx), _bcast_index(h, oidx)
-        work = _work_dtype(sc, hc, nbit) if work0 == "chunk" else work0
+        work = _work_dtype(sc, hc, nbit, bits) if work0 == "chunk" else work0
         q = _codes(packed[idx], nbit, dim, signed, work or torch.float64)
         _affine(q, sc, hc, work, dtype, out=out[oidx])
     return out
@@ -277,21 +304,10 @@ def dequantize_rows(rows: torch.Tensor, nbit: int, dtype: torch.dtype, n_codes: 
         part = rows[r0:r0 + step]
         _, s, h = ref.split_rows(part)
         s, h = s.to(dtype)[:, None], h.to(dtype)[:, None]
-        work = _work_dtype(s, h, nbit)
+        work = _work_dtype(s, h, nbit, min(11, _SIG_BITS[dtype]))
         q = _codes(part[:, head:head + used], nbit, 1, signed, work or torch.float64)[:, :n_codes]
         _affine(q, s, h, work, dtype, out=out[r0:r0 + step])
     return out
-
-
-def _fp32_exact_fp16(s: torch.Tensor, h: torch.Tensor, nbit: int) -> bool:
-    """``s * q + h`` exact in fp32 for fp16 ``s``, ``h`` and every ``|q| < 2**nbit``: a
-    cheap sufficient condition (magnitudes within 2**11 of each other, with 2**nbit for
-    the codes, put every bit within 24 consecutive positions: fp16 values have 11
-    significant bits; zeros and IEEE specials are exact anyway)."""
-    a, b = s.float().abs(), h.float().abs()
-    ab = a * b  # no overflow for fp16 values; 0 or not finite: a zero or special operand
-    near = (b <= a * 2048.0) & (a * float(1 << nbit) <= b * 2048.0)
-    return bool((near | (ab == 0) | ~torch.isfinite(ab)).all())
 
 
 def _header(rows: torch.Tensor):
@@ -321,7 +337,7 @@ def embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, n_code
     sub = rows[indices]  # [n, E]: the looked-up rows, in lookup order
     s, h = _header(sub)
     q = _codes(sub[:, head:head - (-n_codes // per)], nbit, 1, signed, None)[:, :n_codes]  # int32
-    if _fp32_exact_fp16(s, h, nbit):
+    if _fp32_exact_narrow(s, h, nbit, 11):
         table = torch.addcmul(h.float()[:, None], q, s.float()[:, None]).half()  # exact, then one rounding
     else:
         table = round_from_f64(torch.addcmul(h.double()[:, None], q, s.double()[:, None]), torch.float16)
