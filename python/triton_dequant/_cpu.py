@@ -192,7 +192,8 @@ def linear_weight(qweight: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
     h = shift.to(dtype)
     if work == "auto":
         work = _work_dtype(s, h, nbit, _bits(scale, shift, dtype))
-    q = _codes(qweight[k0 // pk:k1 // pk, n0 // pn:n1 // pn], nbit, packed_dim, signed, work or torch.float64)
+    # integer codes: addcmul converts them exactly on the fly (no separate float pass)
+    q = _codes(qweight[k0 // pk:k1 // pk, n0 // pn:n1 // pn], nbit, packed_dim, signed, None if work else torch.float64)
     if s.dim() == 1 or s.shape[0] == 1:
         s, h = s.reshape(1, -1)[:, n0:n1], h.reshape(1, -1)[:, n0:n1]
         return _affine(q, s, h, work, dtype)
