@@ -146,9 +146,9 @@ def run(time_us, record, device="cuda", n_out: int = N_OUT):
         rows[:, 0] = sh.view(torch.int32).view(-1)
         nbytes = R * (1 + data_words) * 4 + R * D * 2
         shape = f"n_out=2^{n_out.bit_length() - 1},D={D},row_words={E}"
-        ours = lambda: ops.dequantize_rows(rows, nbit, dim=D)
+        ours = lambda: ops.dequantize_rows(rows, nbit, n_codes=D)
         y = ours()
-        _check("rows ours (head)", y[:64].cpu(), ref.dequantize_rows(rows[:64].cpu(), nbit, dim=D))
+        _check("rows ours (head)", y[:64].cpu(), ref.dequantize_rows(rows[:64].cpu(), nbit, n_codes=D))
         y_naive = torch.empty_like(y)
         b = min(block, triton.next_power_of_2(data_words))
         naive = lambda: naive_rows[(R, triton.cdiv(data_words, b))](rows, y_naive, E, D, BLOCK=b, PER=per,

@@ -91,7 +91,7 @@ def reference_subset(rows, indices, offsets, D, n_bags):
     idx = indices[:end].long()
     uniq, inv = torch.unique(idx, return_inverse=True)
     sub = rows[uniq].cpu()
-    return ref.embedding_bag(sub, inv.cpu(), offsets[:n_bags].cpu(), NBIT, mode="sum", dim=D, dtype=torch.float16)
+    return ref.embedding_bag(sub, inv.cpu(), offsets[:n_bags].cpu(), NBIT, mode="sum", n_codes=D, dtype=torch.float16)
 
 
 def _check(name, got, want):
@@ -126,7 +126,7 @@ def run(time_us, record, device="cuda", T: int = 1 << 20, bags: int = 65536, dim
         _check("ours vs float64 reference", y[:n].cpu(), reference_subset(rows, indices, offsets, D, n))
         for cfg in CONFIGS[D][1:]:
             _check(f"ours {cfg}", ours_fn(cfg)(), y)
-        _check("ops.embedding_bag", ops.embedding_bag(rows, indices, offsets, NBIT, dim=D, dtype=torch.float16), y)
+        _check("ops.embedding_bag", ops.embedding_bag(rows, indices, offsets, NBIT, n_codes=D, dtype=torch.float16), y)
 
         # sweep ours, then everything interleaved with the best config
         sweep = time_all(time_us, {cfg: ours_fn(cfg) for cfg in CONFIGS[D]})
@@ -140,7 +140,7 @@ def run(time_us, record, device="cuda", T: int = 1 << 20, bags: int = 65536, dim
             PER=PER, NBIT=NBIT, BLOCK_L=bl, BLOCK_W=bw, num_warps=w)
         naive()
         _check("naive-triton", y_naive, y)
-        table = ops.dequantize_rows(rows, NBIT, torch.float16, dim=D)  # not timed
+        table = ops.dequantize_rows(rows, NBIT, torch.float16, n_codes=D)  # not timed
         eager = lambda: F.embedding_bag(indices, table, offsets, mode="sum")
         _check("torch-eager", eager(), y)
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)

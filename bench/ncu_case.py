@@ -27,7 +27,7 @@ def main(case: str, *a):
         idx = torch.randint(0, T, (B * L,), device="cuda", generator=gen, dtype=torch.int32)
         offs = torch.arange(0, B * L, L, device="cuda", dtype=torch.int32)
         rows[:, 0] = (torch.rand(T, 2, device="cuda", generator=gen) - 0.5).half().view(torch.int32).view(-1)
-        triton_dequant.embedding_bag(rows, idx, offs, 4, dim=D, dtype=torch.float16, check_indices=False)
+        triton_dequant.embedding_bag(rows, idx, offs, 4, n_codes=D, dtype=torch.float16, check_indices=False)
     torch.cuda.synchronize()
 
 

@@ -98,34 +98,34 @@ def plan_dequantize(shape=(4096, 1024), nbit=4, container="int32", dtype="fp16",
     return dequant.plan_dequantize(call, target), target
 
 
-def _row_elems(dim, nbit, container, row_align) -> int:
-    """Elements per row of ``packing.pack_rows(x [R, dim], nbit, container, row_align)``."""
+def _row_elems(n_codes, nbit, container, row_align) -> int:
+    """Elements per row of ``packing.pack_rows(x [R, n_codes], nbit, container, row_align)``."""
     width = _BITS[container]
     per = width // nbit
-    elems = 32 // width + -(-dim // per)
+    elems = 32 // width + -(-n_codes // per)
     per_row = math.lcm(row_align, width // 8) // (width // 8)
     return -(-elems // per_row) * per_row
 
 
-def plan_dequantize_rows(rows=4096, dim=1024, nbit=4, container="int32", dtype="fp16", signed=False,
+def plan_dequantize_rows(rows=4096, n_codes=1024, nbit=4, container="int32", dtype="fp16", signed=False,
                          row_align=1, elems=None, arch=90, num_sms=None, block=None, num_warps=8):
-    """``ops.dequantize_rows`` of ``rows`` row-fused rows of ``dim`` codes
+    """``ops.dequantize_rows`` of ``rows`` row-fused rows of ``n_codes`` codes
     (``elems`` elements per row; default: as ``packing.pack_rows(..., row_align)`` makes them)."""
     from .kernels import dequant
     cont = _pick(CONTAINERS, "container", container)
     _check_nbit(nbit, cont)
-    E = elems if elems is not None else _row_elems(dim, nbit, cont, row_align)
-    call, _ = dequant._prepare_rows(_meta((rows, E), cont), nbit, _pick(DTYPES, "dtype", dtype), dim, signed,
+    E = elems if elems is not None else _row_elems(n_codes, nbit, cont, row_align)
+    call, _ = dequant._prepare_rows(_meta((rows, E), cont), nbit, _pick(DTYPES, "dtype", dtype), n_codes, signed,
                                     block, num_warps)
     target = _target(arch, num_sms)
     return dequant.plan_dequantize_rows(call, target), target
 
 
-def plan_embedding_bag(rows=1 << 20, dim=128, nbit=4, container="int32", bags=65536, lookups=32, mode="sum",
+def plan_embedding_bag(rows=1 << 20, n_codes=128, nbit=4, container="int32", bags=65536, lookups=32, mode="sum",
                        weighted=False, weight_dtype="fp32", dtype="fp32", index_dtype="int64",
                        offset_dtype="int64", include_last_offset=False, signed=False, row_align=1, elems=None,
                        arch=90, num_sms=None, block_l=None, block_w=None, num_warps=None, head_in=None):
-    """``ops.embedding_bag`` over ``rows`` row-fused rows of ``dim`` codes, ``bags`` bags
+    """``ops.embedding_bag`` over ``rows`` row-fused rows of ``n_codes`` codes, ``bags`` bags
     of ``lookups`` lookups each."""
     from .kernels import embedding_bag as eb
     cont = _pick(CONTAINERS, "container", container)
@@ -137,12 +137,12 @@ def plan_embedding_bag(rows=1 << 20, dim=128, nbit=4, container="int32", bags=65
     out = _pick(DTYPES, "dtype", dtype)
     if out not in (torch.float16, torch.float32):
         raise ValueError("`dtype` must be fp16 or fp32")
-    E = elems if elems is not None else _row_elems(dim, nbit, cont, row_align)
+    E = elems if elems is not None else _row_elems(n_codes, nbit, cont, row_align)
     n_idx = bags * lookups
     idx = _meta((n_idx,), _pick(INDEX_DTYPES, "index_dtype", index_dtype))
     off = _meta((bags + int(include_last_offset),), _pick(INDEX_DTYPES, "offset_dtype", offset_dtype))
     w = _meta((n_idx,), _pick(DTYPES, "weight_dtype", weight_dtype)) if weighted else None
-    call, *_ = eb._prepare(_meta((rows, E), cont), idx, off, nbit, mode, w, dim, out, include_last_offset, signed,
+    call, *_ = eb._prepare(_meta((rows, E), cont), idx, off, nbit, mode, w, n_codes, out, include_last_offset, signed,
                            block_l, block_w, num_warps, head_in)
     target = _target(arch, num_sms)
     return eb.plan_embedding_bag(call, target), target
@@ -330,9 +330,9 @@ DEQUANT_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False
                     dtype=["fp16", "bf16", "fp32"], scale_dtype=["fp16", "bf16", "fp32"],
                     scale=["number", "row", "output"], dim=["last", "middle"], shape=["even", "ragged"], arch=[80, 90])
 ROWS_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False, True], dtype=["fp16", "bf16", "fp32"],
-                 dim=[1024, 1000, 96], row_align=[1, 16], arch=[80, 90])
+                 n_codes=[1024, 1000, 96], row_align=[1, 16], arch=[80, 90])
 BAG_AXES = dict(container=list(CONTAINERS), nbit=[1, 2, 4, 8], signed=[False, True], mode=["sum", "mean", "weighted"],
-                dtype=["fp16", "fp32"], index_dtype=["int32", "int64"], dim=[128, 512, 100], row_align=[1, 16],
+                dtype=["fp16", "fp32"], index_dtype=["int32", "int64"], n_codes=[128, 512, 100], row_align=[1, 16],
                 lookups=[1, 8, 32], arch=[80, 90])
 AXES = {"linear": LINEAR_AXES, "linear_prepacked": PREPACKED_AXES, "dequantize": DEQUANT_AXES,
         "dequantize_rows": ROWS_AXES, "embedding_bag": BAG_AXES}
@@ -577,20 +577,20 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("dequantize_rows", help="ops.dequantize_rows")
     q.add_argument("--rows", type=int, default=4096)
-    q.add_argument("--dim", type=int, default=1024, help="codes per row")
+    q.add_argument("--n-codes", type=int, default=1024, help="codes per row")
     q.add_argument("--nbit", type=int, default=4)
     q.add_argument("--container", default="int32", choices=list(CONTAINERS))
     q.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     q.add_argument("--signed", action="store_true")
     q.add_argument("--row-align", type=int, default=1, help="row padding in bytes (as packing.pack_rows)")
-    q.add_argument("--elems", type=int, default=None, help="elements per row (default: from dim, row-align)")
+    q.add_argument("--elems", type=int, default=None, help="elements per row (default: from n-codes, row-align)")
     q.add_argument("--block", type=int, default=None)
     q.add_argument("--num-warps", type=int, default=8)
     common(q)
 
     q = sub.add_parser("embedding_bag", help="ops.embedding_bag")
     q.add_argument("--rows", type=int, default=1 << 20, help="table rows")
-    q.add_argument("--dim", type=int, default=128, help="codes per row")
+    q.add_argument("--n-codes", type=int, default=128, help="codes per row")
     q.add_argument("--nbit", type=int, default=4)
     q.add_argument("--container", default="int32", choices=list(CONTAINERS))
     q.add_argument("--bags", type=int, default=65536)

@@ -57,7 +57,13 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .packing import _check_nbit, _check_tensor, _reinterpret, container_bits, pack, unpack, unpack_rows
+from . import formats as fmt
+from .formats import check_tensor as _check_tensor
+from .packing import _reinterpret, pack, unpack, unpack_rows
+
+
+def _check_nbit(nbit) -> int:
+    return fmt.check_nbit(nbit, fmt.PACK_NBITS)
 
 __all__ = ["from_fbgemm_rowwise", "to_fbgemm_rowwise", "from_fbgemm_tbe", "to_fbgemm_tbe",
            "from_gptq", "to_gptq", "gptq_act_order_perm", "from_awq", "to_awq", "AWQ_ORDER"]
@@ -80,7 +86,7 @@ def _check_rows(rows, name: str = "rows", dtype=None) -> torch.Tensor:
 def _fused_rows(codes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, nbit: int,
                 container: torch.dtype) -> torch.Tensor:
     """Our row-fused layout from codes [R, D] and fp16 scale/shift [R]."""
-    container_bits(container)
+    fmt.check_container_dtype(container)
     header = _reinterpret(torch.stack([scale.to(torch.float16), shift.to(torch.float16)], -1), container)
     return torch.cat([header, pack(codes, nbit, dim=-1, container=container, check=False)], -1)
 
@@ -110,12 +116,12 @@ def _fbgemm_nbit(nbit, allowed) -> int:
 
 
 def from_fbgemm_rowwise(rows: torch.Tensor, nbit: int, *, container: torch.dtype = torch.int32,
-                        dim: Optional[int] = None, qparams_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                        n_codes: Optional[int] = None, qparams_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """FBGEMM fused rowwise ``uint8`` rows ``[R, C]`` -> our row-fused layout (:func:`pack_rows`).
 
     ``qparams_dtype``: fp16 (``FusedNBitRowwiseQuantizedSBHalf``: C = ceil(D*nbit/8) + 4)
     or fp32 (``Fused8BitRowwiseQuantized``, nbit 8: C = D + 8); default fp32 for
-    nbit=8, fp16 otherwise. ``dim`` (D) defaults to every code the row can hold.
+    nbit=8, fp16 otherwise. ``n_codes`` (D) defaults to every code the row can hold.
 
     The fp32 scale and bias of the 8-bit variant are rounded to nearest fp16 (our
     header is fp16): codes are unchanged, each dequantized value moves by at most
@@ -129,22 +135,21 @@ def from_fbgemm_rowwise(rows: torch.Tensor, nbit: int, *, container: torch.dtype
     nbytes = rows.shape[1] - tail
     if nbytes < 0:
         raise ValueError(f"`rows` of {rows.shape[1]} bytes cannot hold the {tail}-byte scale/bias")
-    if dim is None:
-        dim = nbytes * per
-    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= nbytes * per:
-        raise ValueError(f"`dim` must be an int in [0, {nbytes * per}] for these rows, got {dim!r}")
+    if n_codes is None:
+        n_codes = nbytes * per
+    fmt.check_int(n_codes, "n_codes", 0, nbytes * per, what=" for these rows")
     qp = _reinterpret(rows[:, nbytes:], qd)  # [R, 2]: scale, bias
-    codes = unpack(rows[:, :nbytes], nbit, dim=-1, n=dim)
+    codes = unpack(rows[:, :nbytes], nbit, dim=-1, n=n_codes)
     return _fused_rows(codes, qp[:, 0], qp[:, 1], nbit, container)
 
 
-def to_fbgemm_rowwise(rows: torch.Tensor, nbit: int, dim: int, *,
+def to_fbgemm_rowwise(rows: torch.Tensor, nbit: int, n_codes: int, *,
                       qparams_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Our row-fused ``rows`` (any container) -> FBGEMM fused rowwise ``uint8`` rows
     (data, then scale and bias; fp32 for nbit=8 by default, exact from fp16)."""
     nbit = _fbgemm_nbit(nbit, (1, 2, 4, 8))
     qd = _rowwise_qparams(nbit, qparams_dtype)
-    codes, scale, shift = unpack_rows(rows, nbit, dim)
+    codes, scale, shift = unpack_rows(rows, nbit, n_codes)
     data = pack(codes, nbit, dim=-1, container=torch.uint8, check=False)
     tail = _bytes(torch.stack([scale, shift], -1).to(qd))
     return torch.cat([data, tail], -1)
@@ -152,32 +157,29 @@ def to_fbgemm_rowwise(rows: torch.Tensor, nbit: int, dim: int, *,
 
 # --- FBGEMM TBE -------------------------------------------------------------------------------
 
-def _tbe_data_bytes(dim: int, nbit: int) -> int:
-    return -(-dim * nbit // 8)
+def _tbe_data_bytes(n_codes: int, nbit: int) -> int:
+    return -(-n_codes * nbit // 8)
 
 
-def from_fbgemm_tbe(rows: torch.Tensor, nbit: int, dim: int, *,
+def from_fbgemm_tbe(rows: torch.Tensor, nbit: int, n_codes: int, *,
                     container: torch.dtype = torch.int32) -> torch.Tensor:
     """FBGEMM TBE inference rows ``uint8 [R, E]`` (scale, shift, data, padding) ->
     our row-fused layout of ``container`` (no padding beyond the last data element)."""
     nbit = _fbgemm_nbit(nbit, (2, 4, 8))
     _check_rows(rows, "rows", torch.uint8)
-    nbytes = _tbe_data_bytes(dim, nbit) if isinstance(dim, int) and dim >= 0 else -1
-    if isinstance(dim, bool) or nbytes < 0 or 4 + nbytes > rows.shape[1]:
-        raise ValueError(f"`dim` must be an int in [0, {(rows.shape[1] - 4) * 8 // nbit}] for "
-                         f"rows of {rows.shape[1]} bytes, got {dim!r}")
+    fmt.check_int(n_codes, "n_codes", 0, (rows.shape[1] - 4) * 8 // nbit, what=f" for rows of {rows.shape[1]} bytes")
+    nbytes = _tbe_data_bytes(n_codes, nbit)
     qp = _reinterpret(rows[:, :4], torch.float16)
-    codes = unpack(rows[:, 4:4 + nbytes], nbit, dim=-1, n=dim)
+    codes = unpack(rows[:, 4:4 + nbytes], nbit, dim=-1, n=n_codes)
     return _fused_rows(codes, qp[:, 0], qp[:, 1], nbit, container)
 
 
-def to_fbgemm_tbe(rows: torch.Tensor, nbit: int, dim: int, *, row_alignment: int = 16) -> torch.Tensor:
+def to_fbgemm_tbe(rows: torch.Tensor, nbit: int, n_codes: int, *, row_alignment: int = 16) -> torch.Tensor:
     """Our row-fused ``rows`` -> FBGEMM TBE inference rows ``uint8 [R, E]``,
-    ``E = round_up(4 + ceil(dim * nbit / 8), row_alignment)``, zero padded."""
+    ``E = round_up(4 + ceil(n_codes * nbit / 8), row_alignment)``, zero padded."""
     nbit = _fbgemm_nbit(nbit, (2, 4, 8))
-    if isinstance(row_alignment, bool) or not isinstance(row_alignment, int) or row_alignment < 1:
-        raise ValueError(f"`row_alignment` must be a positive int (bytes), got {row_alignment!r}")
-    codes, scale, shift = unpack_rows(rows, nbit, dim)
+    fmt.check_positive_int(row_alignment, "row_alignment", what=" (bytes)")
+    codes, scale, shift = unpack_rows(rows, nbit, n_codes)
     data = pack(codes, nbit, dim=-1, container=torch.uint8, check=False)
     out = torch.cat([_bytes(torch.stack([scale, shift], -1)), data], -1)
     return F.pad(out, (0, -out.shape[1] % row_alignment))

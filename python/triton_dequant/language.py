@@ -24,16 +24,15 @@ from triton import knobs
 from triton.language import core
 from triton.language.semantic import TritonSemantic
 
-from . import ptx
+from . import formats, ptx
 from . import reference as ref
 from . import state
 
 __all__ = ["dequantize", "install", "lowering_key", "lowering_state", "use_portable"]
 
-_CONTAINERS = {tl.int8: 8, tl.uint8: 8, tl.int16: 16, tl.uint16: 16, tl.int32: 32, tl.uint32: 32}
-_UNSIGNED = {8: tl.uint8, 16: tl.uint16, 32: tl.uint32}
-_DST = {tl.float16: "fp16", tl.bfloat16: "bf16", tl.float32: "fp32"}
-_SCALE_DTYPES = (tl.float16, tl.bfloat16, tl.float32)
+_DST = formats.TL_OUT_NAMES
+_SCALE_DTYPES = tuple(formats.TL_OUT.values())
+_WHERE = "tl.dequantize: "
 _MIN_PTX_CAPABILITY = 80  # fma.rn.bf16x2 and cvt.rn.bf16x2.f32 need sm_80
 
 
@@ -57,7 +56,7 @@ lowering_key = state.lowering_key
 
 def _builtin(fn):
     """Like ``triton.language.core.builtin``, but also usable as
-    ``triton_dequant.dequantize`` under ``TRITON_INTERPRET=1`` (the interpreter
+    ``triton_dequant.language.dequantize`` under ``TRITON_INTERPRET=1`` (the interpreter
     only patches builtins it finds on ``triton.language``)."""
 
     @functools.wraps(fn)
@@ -78,29 +77,24 @@ def _builtin(fn):
 # --- argument checking -----------------------------------------------------------
 
 def _err(arg: str, msg: str) -> ValueError:
-    return ValueError(f"tl.dequantize: `{arg}` {msg}")
+    return ValueError(f"{_WHERE}`{arg}` {msg}")
 
 
 def _check_x(x):
     if not isinstance(x, core.tensor):
-        raise TypeError(f"tl.dequantize: `x` must be an integer tensor, got {type(core._unwrap_if_constexpr(x)).__name__}")
+        raise TypeError(f"{_WHERE}`x` must be an integer tensor, got {type(core._unwrap_if_constexpr(x)).__name__}")
     dt = x.dtype
-    if dt not in _CONTAINERS:
+    if dt not in formats.TL_CONTAINER_BITS:
         kind = "a floating-point" if dt.is_floating() else f"an unsupported ({dt})"
-        raise TypeError(f"tl.dequantize: `x` must be an integer container tensor "
+        raise TypeError(f"{_WHERE}`x` must be an integer container tensor "
                         f"(int8/uint8, int16/uint16, int32/uint32), got {kind} tensor of {dt}")
     if not x.type.is_block() or len(x.shape) == 0:
         raise _err("x", "must be a block tensor with at least one dimension, got a scalar")
-    return _CONTAINERS[dt]
+    return formats.TL_CONTAINER_BITS[dt]
 
 
 def _check_nbit(nbit, width):
-    nbit = core._unwrap_if_constexpr(nbit)
-    if isinstance(nbit, bool) or not isinstance(nbit, int) or nbit not in ptx.NBITS:
-        raise _err("nbit", f"must be one of 1, 2, 4, 8 (a constexpr int), got {nbit!r}")
-    if width % nbit:
-        raise _err("nbit", f"must divide the container width ({width} bits), got {nbit}")
-    return nbit
+    return formats.check_nbit(core._unwrap_if_constexpr(nbit), ptx.NBITS, width, where=_WHERE)
 
 
 def _check_dst(dst_ty):
@@ -111,29 +105,24 @@ def _check_dst(dst_ty):
 
 
 def _check_axis(axis, rank):
-    axis = core._unwrap_if_constexpr(axis)
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -rank <= axis < rank:
-        raise _err("axis", f"must be an int in [{-rank}, {rank}) for a {rank}-d `x`, got {axis!r}")
-    return axis % rank
+    return formats.check_dim(core._unwrap_if_constexpr(axis), rank, "axis", where=_WHERE, what="`x`")
 
 
 def _check_signed(signed):
-    signed = core._unwrap_if_constexpr(signed)
-    if not isinstance(signed, bool):
-        raise _err("signed", f"must be a constexpr bool, got {signed!r}")
-    return signed
+    return formats.check_bool(core._unwrap_if_constexpr(signed), "signed", where=_WHERE)
 
 
 def _check_affine(name, v, out_shape):
-    """-> ('const', float) | ('tensor', tensor)."""
+    """-> ('const', int | float) | ('tensor', tensor). Constants stay Python numbers
+    (rounded once to ``dst_ty`` later, :func:`triton_dequant.reference.round_scalar`)."""
     v = core._unwrap_if_constexpr(v)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return "const", float(v)
+        return "const", v
     if not isinstance(v, core.tensor):
-        raise TypeError(f"tl.dequantize: `{name}` must be a float scalar or a tensor of "
+        raise TypeError(f"{_WHERE}`{name}` must be a float scalar or a tensor of "
                         f"fp16/bf16/fp32, got {type(v).__name__}")
     if v.dtype not in _SCALE_DTYPES:
-        raise TypeError(f"tl.dequantize: `{name}` must have dtype fp16, bf16 or fp32, got {v.dtype}")
+        raise TypeError(f"{_WHERE}`{name}` must have dtype fp16, bf16 or fp32, got {v.dtype}")
     shape = [int(core._unwrap_if_constexpr(d)) for d in v.shape] if v.type.is_block() else []
     if len(shape) > len(out_shape) or any(
             s not in (1, o) for s, o in zip(reversed(shape), reversed(out_shape))):
@@ -235,8 +224,8 @@ def _is_input_resolution(kind_val, axis, rank):
     return shape[axis] == 1
 
 
-def _const_bits(value: float, fmt: ref.FloatFormat) -> int:
-    t = ref.round_to(torch.tensor([value], dtype=torch.float64), fmt)
+def _const_bits(value, fmt: ref.FloatFormat) -> int:
+    t = torch.tensor([ref.round_scalar(value, fmt)], dtype=torch.float64)
     return int(ref.to_bits(t, fmt)[0]) & ((1 << fmt.bits) - 1)
 
 
@@ -276,8 +265,7 @@ def _lower_ptx(x, sc, sh, nbit, width, dst, axis, signed, in_shape, out_shape, _
 def _affine_operand(kind_val, dst, _semantic):
     kind, v = kind_val
     if kind == "const":
-        exact = float(ref.round_to(torch.tensor([v], dtype=torch.float64), ref.float_format(_DST[dst]))[0])
-        return _scalar(exact, dst, _semantic)
+        return _scalar(ref.round_scalar(v, ref.float_format(_DST[dst])), dst, _semantic)
     return _semantic.cast(v, dst)
 
 
@@ -313,7 +301,7 @@ def _lower_portable(x, sc, sh, nbit, width, dst, axis, signed, in_shape, out_sha
     Codes come from shift/mask; the affine step is evaluated in float64 with
     round-to-odd (TwoSum error term), so the final conversion rounds once."""
     s, o = _semantic, _Ops(_semantic)
-    u = s.cast(s.bitcast(x, _UNSIGNED[width]), tl.uint32)
+    u = s.cast(s.bitcast(x, formats.TL_UNSIGNED[width]), tl.uint32)
     outs = []
     for j in range(width // nbit):
         c = s.and_(s.lshr(u, o.c(j * nbit, tl.uint32)), o.c((1 << nbit) - 1, tl.uint32))
@@ -332,13 +320,13 @@ def _affine_f64(kind_val, dst, fmt, o):
     s = o.s
     kind, v = kind_val
     if kind == "const":
-        exact = float(ref.round_to(torch.tensor([v], dtype=torch.float64), fmt)[0])
-        return _scalar(exact, tl.float64, s)
+        return _scalar(ref.round_scalar(v, fmt), tl.float64, s)
     # widen exactly first (the interpreter converts bf16 only to and from fp32)
     v64 = s.cast(s.cast(v, tl.float32) if v.dtype == tl.bfloat16 else v, tl.float64)
     if v.dtype == dst:
         return v64
-    r = _round_once(v64, _scalar(1.0, tl.float64, s), _scalar(0.0, tl.float64, s), dst, o)
+    # v * 1 + (-0.0) == v exactly, -0.0 and the IEEE specials included (+0.0 would turn -0.0 into +0.0)
+    r = _round_once(v64, _scalar(1.0, tl.float64, s), _scalar(-0.0, tl.float64, s), dst, o)
     return s.cast(s.cast(r, tl.float32) if dst == tl.bfloat16 else r, tl.float64)
 
 
@@ -365,12 +353,15 @@ def _round_once(q, scale, shift, dst, o):
 
 
 def _to_odd(t, err, int_ty, o):
-    """Where ``err != 0`` (``t`` inexact) and ``t``'s last bit is even, step one ulp toward the exact value."""
+    """Where ``err != 0`` (``t`` inexact) and ``t``'s last bit is even, step one ulp toward
+    the exact value. Infinite and NaN ``t`` are IEEE results, kept as they are (their
+    ``err`` is NaN or infinite, not an inexactness)."""
     s = o.s
     bits = s.bitcast(t, int_ty)
     one, zero = o.c(1, int_ty), o.c(0.0, t.dtype)
     even = s.equal(s.and_(bits, one), o.c(0, int_ty))
-    inexact = s.not_equal(err, zero)
+    finite = s.equal(o.sub(t, t), zero)  # inf - inf and NaN - NaN are NaN
+    inexact = s.and_(s.not_equal(err, zero), finite)
     grow = s.equal(s.less_than(err, zero), s.less_than(t, zero))  # err has t's sign: |t| up
     step = s.where(grow, one, s.minus(one))
     return s.bitcast(s.where(s.and_(even, inexact), o.add(bits, step), bits), t.dtype)

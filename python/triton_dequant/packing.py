@@ -16,19 +16,21 @@ Plain torch (CPU or CUDA). Bit order, used everywhere in the project:
 For containers wider than 8 bits on a little-endian machine, padded packing
 with ``nbit`` dividing ``W`` also equals the LSB-first bit stream of the bytes.
 
-Containers: ``uint8, int8, int16, uint16, int32, uint32``. This torch (2.x) has
-no shifts, comparisons or min/max for ``uint16``/``uint32`` (torch 2.13 CPU), so those are
-handled by bit-casting (``Tensor.view``) to their signed twins: every operation
-runs on ``int16``/``int32`` and the result is re-viewed. ``uint64``/``int64``
-containers are not supported.
+Containers: ``uint8, int8, int16, uint16, int32, uint32`` (:mod:`triton_dequant.formats`).
+``uint64``/``int64`` containers are not supported.
 
-:func:`pack` and :func:`unpack` are compile friendly (no data-dependent control
-flow; shapes and shifts depend only on static arguments): with inductor's CPU
-backend, ``torch.compile(pack, fullgraph=True)`` and
-``torch.compile(unpack, fullgraph=True)`` each lower to one fused kernel (tested).
-On CUDA (seen on an H100, torch 2.11) the same holds except dense packing along a
-non-last dim (two kernels). Eager calls run several torch kernels each, with
-int32/int64 intermediates: compile them where speed matters.
+Implementation: shifted slices ORed together. Padded packing ORs ``codes[..., j::PER]
+<< j*nbit`` for the ``PER`` code positions; dense packing ORs each code's part into the
+one or two words it overlaps (``W + nbit - 1`` slices per group of ``W`` codes);
+unpacking writes ``(words >> shift) & mask`` into strided slices of the output. All
+arithmetic runs in the container's own width (``uint8``, ``int16``, ``int32``: torch
+(2.13, CPU) has no shifts for ``uint16``/``uint32``, so those are bit-cast to their
+signed twins), with no intermediate wider than the container, so each call moves
+about the bytes of its input plus its output; a ragged tail is zero-padded first (a
+copy of the codes). No data-dependent control flow: ``torch.compile(pack,
+fullgraph=True)`` and ``torch.compile(unpack, fullgraph=True)`` each lower to one
+fused kernel with inductor's CPU backend (tested), also with ``dynamic=True`` (the
+bit width is specialized: one graph per width).
 
 Range check (``pack(check=True)``): eagerly, one ``aminmax`` reduction and one
 host sync, raising ``ValueError``; under ``torch.compile`` a
@@ -45,62 +47,20 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pack", "unpack", "bitpack", "bitunpack", "quantize", "pack_rows", "unpack_rows",
-           "CONTAINERS", "container_bits"]
+from . import formats as fmt
 
-CONTAINERS = {torch.uint8: 8, torch.int8: 8, torch.int16: 16, torch.uint16: 16,
-              torch.int32: 32, torch.uint32: 32}
-# the signed (or otherwise fully supported) dtype each container is computed in
-_TWIN = {torch.uint8: torch.uint8, torch.int8: torch.int8, torch.int16: torch.int16,
-         torch.uint16: torch.int16, torch.int32: torch.int32, torch.uint32: torch.int32}
-_UNSIGNED_INPUTS = (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
-_SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+__all__ = ["pack", "unpack", "bitpack", "bitunpack", "quantize", "pack_rows", "unpack_rows"]
+
+# arithmetic dtype per container width (uint8 for both 8-bit containers: shifts never
+# see a sign; the signed twins for 16/32 bits, where torch lacks unsigned shifts)
+_WORK = {8: torch.uint8, 16: torch.int16, 32: torch.int32}
+_SCALE_DTYPES = fmt.OUT_DTYPES
 
 
 # --- argument checks --------------------------------------------------------------------
 
-def _check_nbit(nbit) -> int:
-    if isinstance(nbit, bool) or not isinstance(nbit, int):
-        raise TypeError(f"`nbit` must be an int in [1, 8], got {type(nbit).__name__}")
-    if not 1 <= nbit <= 8:
-        raise ValueError(f"`nbit` must be an int in [1, 8], got {nbit}")
-    return nbit
-
-
-def container_bits(container, name: str = "container") -> int:
-    """Width in bits of a supported container dtype (raises naming ``name``)."""
-    if not isinstance(container, torch.dtype):
-        raise TypeError(f"`{name}` must be a torch.dtype, one of {_names(CONTAINERS)}, "
-                        f"got {type(container).__name__}")
-    if container not in CONTAINERS:
-        raise ValueError(f"`{name}` must be one of {_names(CONTAINERS)}, got {container}")
-    return CONTAINERS[container]
-
-
-def _names(dtypes) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
-
-
-def _check_dim(dim, ndim: int, name: str = "dim") -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"`{name}` must be an int, got {type(dim).__name__}")
-    if ndim == 0:
-        raise ValueError(f"`{name}`: a 0-d tensor has no dimension to pack along; reshape it to 1-d")
-    if not -ndim <= dim < ndim:
-        raise ValueError(f"`{name}` must be in [{-ndim}, {ndim}) for a {ndim}-d tensor, got {dim}")
-    return dim % ndim
-
-
-def _check_tensor(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
-    return t
-
-
-def _check_bool(v, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(v).__name__}")
-    return v
+def _nbit(nbit) -> int:
+    return fmt.check_nbit(nbit, fmt.PACK_NBITS)
 
 
 def _code_range(nbit: int, signed: bool) -> Tuple[int, int]:
@@ -144,10 +104,22 @@ def _check_range(codes: torch.Tensor, nbit: int, signed: bool) -> None:
 
 
 def _check_codes(codes) -> torch.Tensor:
-    _check_tensor(codes, "codes")
+    fmt.check_tensor(codes, "codes")
     if codes.dtype != torch.bool and (codes.is_floating_point() or codes.is_complex()):
         raise TypeError(f"`codes` must be an integer or bool tensor, got {codes.dtype}")
     return codes
+
+
+def _check_out_dtype(dtype, nbit: int, signed: bool) -> torch.dtype:
+    """An integer dtype holding every ``nbit`` code (no silent wrap-around)."""
+    if not isinstance(dtype, torch.dtype) or dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise TypeError(f"`dtype` must be an integer torch.dtype, got {dtype}")
+    lo, hi = _code_range(nbit, signed)
+    info = torch.iinfo(dtype)
+    if lo < info.min or hi > info.max:
+        raise ValueError(f"`dtype` {dtype} cannot hold the {nbit}-bit{' signed' if signed else ''} codes "
+                         f"[{lo}, {hi}] (values would wrap); use a wider dtype")
+    return dtype
 
 
 # --- pack / unpack ------------------------------------------------------------------------
@@ -168,60 +140,217 @@ def pack(codes: torch.Tensor, nbit: int, *, dim: int = -1, container: torch.dtyp
     ``W % nbit`` high bits. See the module docstring for the bit order.
     """
     codes = _check_codes(codes)
-    nbit = _check_nbit(nbit)
-    W = container_bits(container)
-    d = _check_dim(dim, codes.dim())
-    _check_bool(dense, "dense")
-    _check_bool(signed, "signed")
-    if _check_bool(check, "check"):
+    nbit = _nbit(nbit)
+    W = fmt.check_container_dtype(container)
+    d = fmt.check_dim(dim, codes.dim(), what="`codes` tensor")
+    fmt.check_bool(dense, "dense")
+    fmt.check_bool(signed, "signed")
+    if fmt.check_bool(check, "check"):
         _check_range(codes, nbit, signed)
+    # the low nbit bits only: needed for negative (signed) and unchecked codes, and
+    # wherever codes of another dtype could carry bits above nbit
+    masked = signed or not check
     x = codes.movedim(d, -1)
-    if dense:
-        out = _pack_dense(x, nbit, W)
-    else:
-        out = _pack_padded(x, nbit, W)
-    out = out.to(_TWIN[container])
+    if not torch.compiler.is_compiling() and _byte_stream(nbit, W, dense):
+        out = _pack_bytes(x, nbit, W, dense, masked)  # eager: word arithmetic on contiguous bytes
+    elif dense and 8 % nbit == 0:  # the bits of padded packing; only the padding differs
+        out = _pack_padded(_slices(x, -(-x.shape[-1] // W) * W), nbit, W, masked)
+    elif dense:
+        out = _pack_dense_words(x, nbit, W, masked)
+    else:  # compiled: one fused kernel
+        out = _pack_padded(x, nbit, W, masked)
     if out.dtype != container:
         out = out.view(container)
     return out.movedim(-1, d).contiguous()
 
 
-def _pack_padded(x: torch.Tensor, nbit: int, W: int) -> torch.Tensor:
-    per = W // nbit
+# --- byte streams: codes in uint8 lanes of wide words, folded together by shifts --------------
+#
+# Little endian, padded packing into bytes (and any container when nbit divides 8) is
+# the LSB-first bit stream of the bytes, and so is dense packing. Packing views the
+# codes (one per byte) as words of ``g`` bytes and folds neighbouring groups together
+# in log2(g) shift-and-or steps, all on contiguous words (vectorized, no strided
+# access); unpacking looks each byte up in a 256-entry table of its codes.
+
+_WORDS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _byte_stream(nbit: int, W: int, dense: bool) -> bool:
+    """Whether the byte route applies: the packed bytes do not depend on ``W``."""
+    return W == 8 or 8 % nbit == 0 or dense
+
+
+def _i64(v: int) -> int:
+    """A 64-bit pattern as the int64 value torch takes."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _dense_group(nbit: int):
+    """Dense 3/5/6/7 bits: the fewest codes filling whole bytes (8 // gcd(nbit, 8)) and
+    their bytes."""
+    g = 8 // math.gcd(nbit, 8)
+    return g, nbit * g // 8
+
+
+def _fold_masks(nbit: int, s: int, g: int = 8):
+    """Step ``s`` of the dense fold in words of ``g`` bytes: groups of ``2**s`` codes
+    (``nbit * 2**s`` bits at the start of every ``2**s``-byte lane) pair up;
+    (keep-low, move-high, shift)."""
+    bits, lane = nbit << s, 8 << s
+    lo = sum(((1 << bits) - 1) << (2 * lane * k) for k in range(8 * g // (2 * lane)))
+    hi = lo << lane
+    if g < 8:  # as the (signed) word dtype of g bytes sees the pattern
+        lo, hi = (v - (1 << 8 * g) if v >= 1 << (8 * g - 1) else v for v in (lo, hi))
+    return _i64(lo), _i64(hi), (8 - nbit) << s
+
+
+# codes per chunk of the eager byte routes: the words of a chunk stay in the cache
+# through all the fold steps (2x faster than whole-tensor passes on the bench machine)
+_CHUNK = 1 << 20
+
+
+def _pack_bytes(x: torch.Tensor, nbit: int, W: int, dense: bool, masked: bool) -> torch.Tensor:
+    """Codes ``[..., n]`` -> the packed bytes (``_byte_stream`` layouts), padded to whole
+    container elements; eager, in cache-sized chunks of the code stream."""
+    if 8 % nbit == 0:  # 8 // nbit codes per byte; dense == padded but for the padding
+        group, per_elem = 8 // nbit, W if dense else W // nbit
+    elif not dense:    # padded bytes (W == 8) with 8 % nbit spare bits: 2 or 1 codes per byte
+        group, per_elem = 8 // nbit, 8 // nbit
+    else:              # dense 3/5/6/7 bits: g codes -> nbit * g / 8 bytes, W codes -> nbit elements
+        group, per_elem = _dense_group(nbit)[0], W
+    n_pad = -(-x.shape[-1] // per_elem) * per_elem
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    if n_pad != x.shape[-1] or not x.is_contiguous():
+        x = _slices(x.to(torch.uint8), n_pad).contiguous()
+    flat = x.reshape(-1)
+    stream = 8 % nbit == 0 or dense  # nbit bits per code; else `group` codes per byte
+
+    def nbytes(codes: int) -> int:
+        return codes * nbit // 8 if stream else codes // group
+
+    out = torch.empty(nbytes(flat.numel()), dtype=torch.uint8, device=x.device)
+    step = _CHUNK // (8 * group) * (8 * group)
+    for i in range(0, flat.numel(), step):
+        c = flat[i:i + step].to(torch.uint8)
+        if masked:
+            c = c & ((1 << nbit) - 1)
+        o = out[nbytes(i):nbytes(i + c.numel())]
+        if group == 1:  # one code per byte: the codes themselves
+            o.copy_(c)
+            continue
+        w = c.view(_WORDS[group])  # one word per group of codes, a code per byte
+        steps = group.bit_length() - 1
+        if 8 % nbit == 0 or not dense:  # nbit <= 4: a shifted group never reaches its neighbour's bits
+            w = w | (w >> (8 - nbit))
+            for s_ in range(1, steps):
+                w |= w >> ((8 - nbit) << s_)
+            o.copy_(w)  # each word's low byte holds its group
+        else:  # pairs of groups, masked: g codes -> their nbit * g low bits
+            for s_ in range(steps):
+                lo, hi, sh = _fold_masks(nbit, s_, group)
+                w = (w & lo) | ((w & hi) >> sh)
+            nb = nbit * group // 8
+            o.view(-1, nb).copy_(w.view(torch.uint8).view(-1, group)[:, :nb])
+    return out.reshape(*x.shape[:-1], -1)
+
+
+def _unfold_keep(nbit: int, s: int, group: int) -> int:
+    """Step ``s`` of the padded unfold: in every lane of ``2**s`` bytes keep the low
+    ``nbit * 2**s`` bits (words of ``group`` bytes)."""
+    lane = 8 << s
+    return _i64(sum(((1 << (nbit << s)) - 1) << (lane * k) for k in range(group * 8 // lane)))
+
+
+_TABLES: dict = {}
+
+
+def _byte_table(nbit: int, signed: bool, device) -> torch.Tensor:
+    """The codes of every byte value: ``[256]`` words of ``8 // nbit`` code bytes (int8
+    if signed: sign-extended)."""
+    key = (nbit, signed, str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        per = 8 // nbit
+        b = torch.arange(256, dtype=torch.int64)
+        codes = torch.stack([(b >> (j * nbit)) & ((1 << nbit) - 1) for j in range(per)], -1)
+        if signed:
+            codes = codes - ((codes >> (nbit - 1)) << nbit)
+        t = codes.to(torch.int8 if signed else torch.uint8).reshape(-1).view(_WORDS[per]).to(device)
+        _TABLES[key] = t
+    return t
+
+
+def _unpack_bytes(x: torch.Tensor, nbit: int, dense: bool, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Packed bytes (``_byte_stream`` layouts) -> codes. Padded (and dense with nbit
+    dividing 8): one lookup per byte in a 256-entry table of its codes; dense 3/5/6/7
+    bits: the fold of :func:`_pack_bytes` run backwards on words, in cache-sized chunks."""
+    b = x.contiguous().view(torch.uint8)  # [..., bytes]
+    if 8 % nbit == 0 or not dense:
+        per = 8 // nbit
+        if per == 1:
+            q = b & ((1 << nbit) - 1) if nbit < 8 else b
+            q = ((q.view(torch.int8) << (8 - nbit)) >> (8 - nbit)) if signed else q
+        else:
+            q = _byte_table(nbit, signed, b.device).index_select(0, b.reshape(-1).to(torch.int32))
+            q = q.view(torch.int8 if signed else torch.uint8).reshape(*b.shape[:-1], -1)
+        return q if q.dtype == dtype else q.to(dtype)
+    g, nb = _dense_group(nbit)  # g codes in nb bytes
+    flat = b.reshape(-1)
+    out = torch.empty(flat.numel() // nb * g, dtype=dtype, device=x.device)
+    step = _CHUNK // g * nb  # bytes per chunk (whole groups)
+    for i in range(0, flat.numel(), step):
+        c = flat[i:i + step]
+        w = F.pad(c.view(-1, nb), (0, g - nb)).view(_WORDS[g])[:, 0]
+        for s_ in reversed(range(g.bit_length() - 1)):
+            lo, hi, sh = _fold_masks(nbit, s_, g)
+            w = (w & lo) | ((w << sh) & hi)
+        q = w.view(torch.uint8)
+        if signed:  # sign-extend each byte's code
+            q = (q.view(torch.int8) << (8 - nbit)) >> (8 - nbit)
+        out[i // nb * g:(i + c.numel()) // nb * g].copy_(q)
+    return out.reshape(*b.shape[:-1], -1)
+
+
+def _slices(x: torch.Tensor, n_pad: int):
+    """``x`` zero-padded along the last dim to ``n_pad`` (a copy only if needed)."""
     n = x.shape[-1]
-    m = -(-n // per)
-    # int32 arithmetic for every width: fields are disjoint, so the sum is their OR
-    # and never carries (only the top field can set bit 31, and `<<` wraps into it).
-    q = x.to(torch.int32) & ((1 << nbit) - 1)
-    if m * per != n:
-        q = F.pad(q, (0, m * per - n))
-    q = q.reshape(*x.shape[:-1], m, per)
-    shifts = torch.arange(per, dtype=torch.int32, device=x.device) * nbit
-    return (q << shifts).sum(-1, dtype=torch.int32)
+    if n_pad == n:
+        return x
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    return F.pad(x, (0, n_pad - n))
 
 
-def _dense_tables(nbit: int, W: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For a group of ``W`` codes filling ``nbit`` words: shift of code ``j``
-    relative to word ``k`` (``s[k, j] = j*nbit - k*W``) and whether they overlap."""
-    j = torch.arange(W, dtype=torch.int64, device=device)
-    k = torch.arange(nbit, dtype=torch.int64, device=device)
-    s = j[None, :] * nbit - k[:, None] * W
-    return s, (s > -nbit) & (s < W)
+def _as_work(c: torch.Tensor, work: torch.dtype, mask: int, masked: bool) -> torch.Tensor:
+    """Codes of one slice in the container's arithmetic dtype, low bits kept if ``masked``
+    (``to`` wraps modulo 2**W, which keeps the low bits of any integer)."""
+    t = c.to(work)
+    return t & mask if masked else t
 
 
-def _pack_dense(x: torch.Tensor, nbit: int, W: int) -> torch.Tensor:
-    n = x.shape[-1]
-    m = -(-n // W)
-    q = x.to(torch.int64) & ((1 << nbit) - 1)
-    if m * W != n:
-        q = F.pad(q, (0, m * W - n))
-    q = q.reshape(*x.shape[:-1], m, 1, W)
-    s, overlap = _dense_tables(nbit, W, x.device)
-    # word k = sum over codes j of (code_j placed at bit j*nbit - k*W), cut to W bits;
-    # int64 so that a code shifted past bit W-1 (spilling into word k+1) is still exact
-    part = torch.where(s >= 0, q << s.clamp(min=0), q >> (-s).clamp(min=0)) & ((1 << W) - 1)
-    words = torch.where(overlap, part, 0).sum(-1)  # [..., m, nbit]
-    return words.reshape(*x.shape[:-1], m * nbit)
+def _pack_padded(x: torch.Tensor, nbit: int, W: int, masked: bool) -> torch.Tensor:
+    work, per, mask = _WORK[W], W // nbit, (1 << nbit) - 1
+    m = -(-x.shape[-1] // per)
+    x = _slices(x, m * per)
+    out = x[..., 0::per].to(work, copy=True)  # a copy: never an alias of `codes`
+    if masked:
+        out &= mask
+    for j in range(1, per):
+        out |= _as_work(x[..., j::per], work, mask, masked) << (j * nbit)  # disjoint fields
+    return out
+
+
+def _pack_dense_words(x: torch.Tensor, nbit: int, W: int, masked: bool) -> torch.Tensor:
+    """Dense packing, nbit in 3, 5, 6, 7: each group of 8 codes ORed into one int64 word
+    (``8 * nbit`` bits), whose low ``nbit`` bytes are the group's bytes."""
+    mask = (1 << nbit) - 1
+    x = _slices(x, -(-x.shape[-1] // W) * W)
+    w = None
+    for j in range(8):
+        t = _as_work(x[..., j::8], torch.int64, mask, masked) << (j * nbit)
+        w = t if w is None else w | t
+    return w.view(torch.uint8).reshape(*w.shape, 8)[..., :nbit].reshape(*w.shape[:-1], -1)
 
 
 def unpack(packed: torch.Tensor, nbit: int, *, dim: int = -1, container: Optional[torch.dtype] = None,
@@ -233,61 +362,66 @@ def unpack(packed: torch.Tensor, nbit: int, *, dim: int = -1, container: Optiona
     different container of the same width reinterprets the bits (e.g. int32 data
     read as uint32). ``n``: number of codes to keep along ``dim`` (default: all,
     padding included). ``signed=True`` sign-extends nbit two's complement codes.
-    Returns ``dtype`` (default ``uint8``, or ``int8`` when signed), ``packed.shape``
+    Returns ``dtype`` (default ``uint8``, or ``int8`` when signed; a dtype that cannot
+    hold every code, e.g. int8 for unsigned 8-bit codes, raises), ``packed.shape``
     with ``dim`` multiplied by ``PER`` (dense: by ``W / nbit``) or set to ``n``.
     """
-    _check_tensor(packed, "packed")
-    if packed.dtype not in CONTAINERS:
-        raise TypeError(f"`packed` must be a container tensor ({_names(CONTAINERS)}), got {packed.dtype}")
-    nbit = _check_nbit(nbit)
+    width = fmt.check_container(packed, "packed")
+    nbit = _nbit(nbit)
     if container is None:
         container = packed.dtype
-    W = container_bits(container)
-    if W != CONTAINERS[packed.dtype]:
+    W = fmt.check_container_dtype(container)
+    if W != width:
         raise ValueError(f"`container` ({container}) must have the width of `packed`'s dtype "
-                         f"({packed.dtype}, {CONTAINERS[packed.dtype]} bits)")
-    d = _check_dim(dim, packed.dim())
-    _check_bool(dense, "dense")
-    _check_bool(signed, "signed")
-    if dtype is None:
-        dtype = torch.int8 if signed else torch.uint8
-    if not isinstance(dtype, torch.dtype) or dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-        raise TypeError(f"`dtype` must be an integer torch.dtype, got {dtype}")
+                         f"({packed.dtype}, {width} bits)")
+    d = fmt.check_dim(dim, packed.dim(), what="`packed` tensor")
+    fmt.check_bool(dense, "dense")
+    fmt.check_bool(signed, "signed")
+    dtype = _check_out_dtype((torch.int8 if signed else torch.uint8) if dtype is None else dtype, nbit, signed)
     elems = packed.shape[d]
     if dense and elems % nbit:
         raise ValueError(f"`packed` must have a multiple of nbit={nbit} elements along dim {dim} in "
                          f"dense mode (groups of {W} codes fill {nbit} elements), got {elems}")
     capacity = elems // nbit * W if dense else elems * (W // nbit)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= capacity):
-        raise ValueError(f"`n` must be an int in [0, {capacity}] (the codes `packed` holds along "
-                         f"dim {dim}), got {n!r}")
-    x = packed.view(_TWIN[packed.dtype]).movedim(d, -1)
-    q = _unpack_dense(x, nbit, W) if dense else _unpack_padded(x, nbit, W)
+    if n is not None:
+        n = fmt.check_int(n, "n", 0, capacity, what=" (the codes `packed` holds along `dim`)")
+    work = (torch.int8 if signed else torch.uint8) if W == 8 else fmt.SIGNED_TWIN[packed.dtype]
+    x = packed.view(work).movedim(d, -1)
+    if not torch.compiler.is_compiling() and _byte_stream(nbit, W, dense):
+        q = _unpack_bytes(x, nbit, dense, signed, dtype)  # eager: word arithmetic on contiguous bytes
+    elif dense and 8 % nbit:
+        q = _unpack_dense(x, nbit, W, signed, dtype)
+    else:  # padded (dense with nbit dividing 8: the same bits); compiled: one fused kernel
+        q = _unpack_padded(x, nbit, W, signed, dtype)
     if n is not None and n != capacity:
         q = q[..., :n]
-    if signed:
-        q = q - ((q >> (nbit - 1)) << nbit)
-    return q.to(dtype).movedim(-1, d)
+    return q.movedim(-1, d)
 
 
-def _unpack_padded(x: torch.Tensor, nbit: int, W: int) -> torch.Tensor:
+def _unpack_padded(x: torch.Tensor, nbit: int, W: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``[..., m]`` elements -> ``[..., m * PER]`` codes: every field at once, a broadcast
+    shift by a ``[PER]`` table (compiled: one vectorized kernel; strided stores are not)."""
     per = W // nbit
-    # sign extension of int8/int16/int32 only touches bits >= W, never a field
-    shifts = torch.arange(per, dtype=torch.int32, device=x.device) * nbit
-    q = (x.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << nbit) - 1)
-    return q.reshape(*x.shape[:-1], x.shape[-1] * per)
+    sh = torch.arange(per, dtype=x.dtype, device=x.device) * nbit
+    if signed:  # each field to the top, then an arithmetic shift sign-extends it
+        q = (x.unsqueeze(-1) << (W - nbit - sh)) >> (W - nbit)
+    else:
+        q = (x.unsqueeze(-1) >> sh) & ((1 << nbit) - 1)
+    return q.to(dtype).reshape(*x.shape[:-1], x.shape[-1] * per)
 
 
-def _unpack_dense(x: torch.Tensor, nbit: int, W: int) -> torch.Tensor:
-    m = x.shape[-1] // nbit
-    u = x.to(torch.int64) & ((1 << W) - 1)  # the word's W bits, zero-extended
-    u = u.reshape(*x.shape[:-1], m, nbit)
-    bit = torch.arange(W, dtype=torch.int64, device=x.device) * nbit  # first bit of code j
-    k0 = bit // W
-    k1 = torch.clamp(k0 + 1, max=nbit - 1)  # the next word (a code spans at most two)
-    pair = u[..., k0] | (u[..., k1] << W)  # [..., m, W]: bits of word k0 then word k0+1
-    q = (pair >> (bit % W)) & ((1 << nbit) - 1)
-    return q.reshape(*x.shape[:-1], m * W)
+def _unpack_dense(x: torch.Tensor, nbit: int, W: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Dense 3/5/6/7 bits: each group of nbit bytes (8 codes) as one int64 word, then its
+    8 fields at once."""
+    b = x.contiguous().view(torch.uint8)
+    g = b.shape[-1] // nbit
+    w = F.pad(b.reshape(*b.shape[:-1], g, nbit), (0, 8 - nbit)).view(torch.int64)  # [..., g, 1]
+    sh = torch.arange(8, dtype=torch.int64, device=x.device) * nbit
+    if signed:
+        q = (w << (64 - nbit - sh)) >> (64 - nbit)
+    else:
+        q = (w >> sh) & ((1 << nbit) - 1)
+    return q.to(dtype).reshape(*b.shape[:-1], g * 8)
 
 
 # --- bool masks -------------------------------------------------------------------------------
@@ -295,7 +429,7 @@ def _unpack_dense(x: torch.Tensor, nbit: int, W: int) -> torch.Tensor:
 def bitpack(mask: torch.Tensor, dim: int = -1, *, container: torch.dtype = torch.uint8) -> torch.Tensor:
     """Bitset of a bool mask along ``dim``: bit ``i % W`` of element ``i // W`` is
     ``mask[i]`` (LSB first), ``W`` = 8 (``uint8``, default) or 32 (``int32``)."""
-    _check_tensor(mask, "mask")
+    fmt.check_tensor(mask, "mask")
     if mask.dtype != torch.bool:
         raise TypeError(f"`mask` must be a bool tensor, got {mask.dtype}")
     if container not in (torch.uint8, torch.int32):
@@ -305,9 +439,11 @@ def bitpack(mask: torch.Tensor, dim: int = -1, *, container: torch.dtype = torch
 
 def bitunpack(bits: torch.Tensor, n: int, dim: int = -1) -> torch.Tensor:
     """Inverse of :func:`bitpack`: a bool tensor with ``n`` entries along ``dim``."""
-    _check_tensor(bits, "bits")
+    fmt.check_tensor(bits, "bits")
     if bits.dtype not in (torch.uint8, torch.int32):
         raise TypeError(f"`bits` must be a uint8 or int32 bitset, got {bits.dtype}")
+    if n is None:
+        raise TypeError("`n` must be an int (the number of mask entries along `dim`), got None")
     return unpack(bits, 1, dim=dim, n=n, dtype=torch.uint8).bool()
 
 
@@ -326,9 +462,11 @@ def quantize(x: torch.Tensor, nbit: int, *, group_size: Optional[int] = None, di
              scale_dtype: torch.dtype = torch.float16) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Affine (min/max) or symmetric quantization of ``x`` to packed ``nbit`` codes.
 
-    Groups: ``group_size`` consecutive entries along ``dim`` (default: the whole
-    dim; the last group may be shorter). Per group, computed in float64, with
-    ``rd``/``ru`` rounding to ``scale_dtype`` toward -inf/+inf:
+    Groups: ``group_size`` consecutive entries along ``dim`` (default: the whole dim);
+    ``group_size`` must divide the length of ``dim``, so that every result is accepted
+    by :func:`triton_dequant.linear` and broadcasts in :func:`triton_dequant.dequantize`.
+    Per group, computed in float64, with ``rd``/``ru`` rounding to ``scale_dtype``
+    toward -inf/+inf:
 
     * unsigned: ``shift = rd(min)``, ``scale = ru((max - shift) / (2**nbit - 1))``,
       ``q = clamp(round((x - shift) / scale), 0, 2**nbit - 1)``;
@@ -347,28 +485,27 @@ def quantize(x: torch.Tensor, nbit: int, *, group_size: Optional[int] = None, di
     with ``x.shape``, ``dim`` replaced by the number of groups. Raises
     ``ValueError`` if a scale/shift overflows ``scale_dtype`` or ``x`` is not finite.
     """
-    _check_tensor(x, "x")
+    fmt.check_tensor(x, "x")
     if not x.is_floating_point():
         raise TypeError(f"`x` must be a floating point tensor, got {x.dtype}")
-    nbit = _check_nbit(nbit)
-    _check_bool(signed, "signed")
+    nbit = _nbit(nbit)
+    fmt.check_bool(signed, "signed")
     if signed and nbit < 2:
         raise ValueError("`nbit` must be >= 2 for signed (symmetric) quantization, got 1")
-    container_bits(container)
-    if not isinstance(scale_dtype, torch.dtype) or scale_dtype not in _SCALE_DTYPES:
-        raise TypeError(f"`scale_dtype` must be one of {_names(_SCALE_DTYPES)}, got {scale_dtype}")
-    d = _check_dim(dim, x.dim())
+    fmt.check_container_dtype(container)
+    fmt.check_dtype(scale_dtype, "scale_dtype", _SCALE_DTYPES)
+    d = fmt.check_dim(dim, x.dim(), what="`x` tensor")
     n = x.shape[d]
-    if group_size is None:
-        group_size = max(n, 1)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"`group_size` must be a positive int or None, got {group_size!r}")
     if n == 0:
         raise ValueError(f"`x` has no entries along dim {dim}")
+    if group_size is None:
+        group_size = n
+    fmt.check_positive_int(group_size, "group_size")
+    if n % group_size:
+        raise ValueError(f"`group_size` ({group_size}) must divide the length of dim {dim} ({n}): "
+                         f"linear and dequantize take whole groups only")
     xt = x.movedim(d, -1).to(torch.float64)
-    G = -(-n // group_size)
-    if G * group_size != n:  # repeat the last entry: min/max of the short group unchanged
-        xt = torch.cat([xt, xt[..., -1:].expand(*xt.shape[:-1], G * group_size - n)], -1)
+    G = n // group_size
     xg = xt.reshape(*xt.shape[:-1], G, group_size)
     if signed:
         pmax = (1 << (nbit - 1)) - 1
@@ -384,22 +521,18 @@ def quantize(x: torch.Tensor, nbit: int, *, group_size: Optional[int] = None, di
                          f"(got |x| up to {xt.abs().max().item():g})")
     scale = torch.where(scale == 0, 1.0, scale)
     q = torch.clamp(torch.round((xg - shift[..., None]) / scale[..., None]), lo, hi)
-    q = q.reshape(*xt.shape[:-1], G * group_size)[..., :n].to(torch.int32)
+    q = q.reshape(*xt.shape[:-1], n).to(torch.int8 if signed or nbit < 8 else torch.uint8)
     packed = pack(q.movedim(-1, d), nbit, dim=d, container=container, signed=signed, check=False)
     return packed, scale.to(scale_dtype).movedim(-1, d), shift.to(scale_dtype).movedim(-1, d)
 
 
 # --- row-fused layout -------------------------------------------------------------------------
 
-def _header_elems(W: int) -> int:
-    return 32 // W  # the fp16 scale + shift take 4 bytes
-
-
 def pack_rows(x: torch.Tensor, nbit: int, *, container: torch.dtype = torch.int32, signed: bool = False,
               row_align: int = 1) -> torch.Tensor:
     """Quantize each row of a 2-D ``x`` ``[R, D]`` (see :func:`quantize`, one group
     per row, fp16 scale/shift) into the row-fused layout ``[R, E]`` of ``container``:
-    ``[scale fp16, shift fp16, data...]``.
+    ``[scale fp16, shift fp16, data...]`` (:mod:`triton_dequant.formats`).
 
     The 4 header bytes are scale then shift, little endian: in an int32 row word 0
     holds the scale bits in its low 16 bits and the shift bits in its high 16 bits;
@@ -408,38 +541,33 @@ def pack_rows(x: torch.Tensor, nbit: int, *, container: torch.dtype = torch.int3
     zero elements up to a multiple of ``row_align`` bytes per row (rounded up to
     whole elements).
     """
-    _check_tensor(x, "x")
+    fmt.check_tensor(x, "x")
     if x.dim() != 2:
-        raise ValueError(f"`x` must be 2-D [rows, dim], got shape {list(x.shape)}")
-    W = container_bits(container)
-    if isinstance(row_align, bool) or not isinstance(row_align, int) or row_align < 1:
-        raise ValueError(f"`row_align` must be a positive int (bytes), got {row_align!r}")
+        raise ValueError(f"`x` must be 2-D [rows, n_codes], got shape {list(x.shape)}")
+    W = fmt.check_container_dtype(container)
+    fmt.check_positive_int(row_align, "row_align", what=" (bytes)")
     data, scale, shift = quantize(x, nbit, dim=-1, signed=signed, container=container,
                                   scale_dtype=torch.float16)
-    header = _reinterpret(torch.cat([scale, shift], -1), container)  # [R, 4 bytes]
+    header = _reinterpret(torch.cat([scale, shift], -1), container)  # [R, 4 bytes]: scale, shift
     rows = torch.cat([header, data], -1)
     per_row = math.lcm(row_align, W // 8) // (W // 8)  # elements
     return F.pad(rows, (0, -rows.shape[1] % per_row)) if rows.shape[1] % per_row else rows
 
 
-def unpack_rows(rows: torch.Tensor, nbit: int, dim: int, *, container: Optional[torch.dtype] = None,
+def unpack_rows(rows: torch.Tensor, nbit: int, n_codes: int, *, container: Optional[torch.dtype] = None,
                 signed: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split row-fused ``rows`` ``[R, E]`` (see :func:`pack_rows`) into
-    ``(codes [R, dim] uint8 (int8 if signed), scale [R] fp16, shift [R] fp16)``."""
-    _check_tensor(rows, "rows")
-    if rows.dtype not in CONTAINERS:
-        raise TypeError(f"`rows` must be a container tensor ({_names(CONTAINERS)}), got {rows.dtype}")
+    ``(codes [R, n_codes] uint8 (int8 if signed), scale [R] fp16, shift [R] fp16)``."""
+    width = fmt.check_container(rows, "rows")
     if rows.dim() != 2:
         raise ValueError(f"`rows` must be 2-D [rows, elements], got shape {list(rows.shape)}")
     container = rows.dtype if container is None else container
-    W = container_bits(container)
-    nbit = _check_nbit(nbit)
-    h = _header_elems(CONTAINERS[rows.dtype])
+    W = fmt.check_container_dtype(container)
+    nbit = _nbit(nbit)
+    h = fmt.header_elems(width)
     capacity = max(rows.shape[1] - h, 0) * (W // nbit)
-    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= capacity:
-        raise ValueError(f"`dim` must be an int in [0, {capacity}] for rows of {rows.shape[1]} elements, "
-                         f"got {dim!r}")
-    head = _reinterpret(rows[:, :h], torch.float16)  # [R, 2]
-    used = -(-dim // (W // nbit))
-    codes = unpack(rows[:, h:h + used], nbit, dim=-1, container=container, n=dim, signed=signed)
+    n_codes = fmt.check_int(n_codes, "n_codes", 0, capacity, what=f" for rows of {rows.shape[1]} elements")
+    head = _reinterpret(rows[:, :h], torch.float16)  # [R, 2]: scale, shift
+    used = -(-n_codes // (W // nbit))
+    codes = unpack(rows[:, h:h + used], nbit, dim=-1, container=container, n=n_codes, signed=signed)
     return codes, head[:, 0], head[:, 1]

@@ -1,15 +1,18 @@
 """Slow, exact reference implementations (plain torch, CPU or CUDA).
 
 Everything here computes the *exact* value and rounds it once to the output
-format, which is the contract of :func:`triton_dequant.dequantize` and of the
+format, which is the contract of ``tl.dequantize`` (:func:`triton_dequant.language.dequantize`) and of the
 PTX emulator in :mod:`triton_dequant.ptx`. Values travel as float64 tensors:
 every fp16 / bf16 / fp32 number is exactly representable in float64.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from . import formats
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,26 @@ def round_to(v: torch.Tensor, fmt) -> torch.Tensor:
     r = torch.ldexp(torch.round(torch.ldexp(v, shift)), -shift)  # torch.round is half-to-even
     r = torch.where(r.abs() > fmt.max_finite, torch.copysign(torch.full_like(r, float("inf")), v), r)
     return torch.where(torch.isfinite(v), r, v)
+
+
+def round_scalar(v, fmt) -> float:
+    """A Python number (int or float, any magnitude) rounded once to ``fmt``, as a float.
+
+    A float is already exact in float64; an int with more than 53 significant bits is
+    first rounded to odd at 53 bits (its dropped bits become a sticky last bit), which
+    makes the one rounding to ``fmt`` (<= 24 bits) correct."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected an int or float, got {type(v).__name__}")
+    if isinstance(v, int):
+        a, n = abs(v), abs(v).bit_length()
+        if n > 53:
+            top = a >> (n - 53) | (1 if a & ((1 << (n - 53)) - 1) else 0)
+            try:
+                v = math.copysign(math.ldexp(top, n - 53), v)
+            except OverflowError:
+                v = math.copysign(math.inf, v)
+        v = float(v)
+    return float(round_to(torch.tensor([v], dtype=torch.float64), fmt)[0])
 
 
 def to_bits(v: torch.Tensor, fmt) -> torch.Tensor:
@@ -99,8 +122,7 @@ def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, fmt) -> torch.Tensor:
 
 # --- codes -------------------------------------------------------------------
 
-_INT_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16,
-             torch.int32: 32, torch.uint32: 32, torch.int64: 64}
+_INT_BITS = {**formats.CONTAINER_BITS, torch.int64: 64}  # int64: wide words in tests
 
 
 def unpack_codes(x: torch.Tensor, nbit: int, *, axis: int = -1, signed: bool = False,
@@ -136,47 +158,42 @@ def dequantize(x: torch.Tensor, scale, shift, nbit: int, dtype=torch.float16, *,
     """
     fmt = float_format(dtype)
     q = unpack_codes(x, nbit, axis=axis, signed=signed).to(torch.float64)
-    s = round_to(torch.as_tensor(scale, dtype=torch.float64, device=q.device), fmt)
-    h = round_to(torch.as_tensor(shift, dtype=torch.float64, device=q.device), fmt)
+    s, h = (round_to(v.to(device=q.device, dtype=torch.float64), fmt) if isinstance(v, torch.Tensor)
+            else torch.tensor(round_scalar(v, fmt), dtype=torch.float64, device=q.device) for v in (scale, shift))
     out = fma(q, s, h, fmt)
     return out.to(fmt.torch_dtype)
 
 
 # --- whole-tensor references of the host ops (triton_dequant.ops) -------------------
 
-_HEADER_ELEMS = {8: 4, 16: 2, 32: 1}  # container elements taken by the fp16 scale + shift
-
-
 def split_rows(rows: torch.Tensor):
     """Row-fused layout ``[scale fp16, shift fp16, data...]`` -> (data, scale, shift).
 
     int32 rows: word 0 holds scale in its low 16 bits and shift in its high 16 bits;
     int16 rows: elements 0 and 1; uint8/int8 rows: bytes 0-1 and 2-3 (little endian)."""
-    width = _INT_BITS[rows.dtype]
-    head = rows[:, :_HEADER_ELEMS[width]].contiguous()
-    halves = head.view(torch.int16) if width <= 16 else head.view(torch.int16).reshape(-1, 2)
-    halves = halves.reshape(rows.shape[0], 2)
-    scale = halves[:, 0].view(torch.float16)
-    shift = halves[:, 1].view(torch.float16)
-    return rows[:, _HEADER_ELEMS[width]:], scale, shift
+    n = formats.header_elems(formats.CONTAINER_BITS[rows.dtype])
+    head = rows[:, :n].contiguous().view(torch.uint8).reshape(rows.shape[0], formats.ROW_HEADER_BYTES)
+    scale = head[:, slice(*formats.SCALE_BYTES)].contiguous().view(torch.float16)[:, 0]
+    shift = head[:, slice(*formats.SHIFT_BYTES)].contiguous().view(torch.float16)[:, 0]
+    return rows[:, n:], scale, shift
 
 
-def dequantize_rows(rows: torch.Tensor, nbit: int, dtype=torch.float16, *, dim: int | None = None,
+def dequantize_rows(rows: torch.Tensor, nbit: int, dtype=torch.float16, *, n_codes: int | None = None,
                     signed: bool = False) -> torch.Tensor:
-    """Exact reference of :func:`triton_dequant.dequantize_rows`: ``[R, dim]`` of ``dtype``."""
+    """Exact reference of :func:`triton_dequant.dequantize_rows`: ``[R, n_codes]`` of ``dtype``."""
     data, scale, shift = split_rows(rows)
     out = dequantize(data, scale[:, None], shift[:, None], nbit, dtype, axis=-1, signed=signed)
-    return out if dim is None else out[:, :dim]
+    return out if n_codes is None else out[:, :n_codes]
 
 
 def embedding_bag(rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, nbit: int, *,
                   mode: str = "sum", per_sample_weights: torch.Tensor | None = None,
-                  dim: int | None = None, dtype=torch.float32, include_last_offset: bool = False,
+                  n_codes: int | None = None, dtype=torch.float32, include_last_offset: bool = False,
                   signed: bool = False) -> torch.Tensor:
     """Reference n-bit embedding bag over a row-fused table: each looked-up row is
     dequantized to fp16 exactly (as the kernels do), weighted and summed in float64,
     divided by the bag size for ``mode="mean"``, rounded once to ``dtype``."""
-    table = dequantize_rows(rows, nbit, torch.float16, dim=dim, signed=signed).to(torch.float64)
+    table = dequantize_rows(rows, nbit, torch.float16, n_codes=n_codes, signed=signed).to(torch.float64)
     offs = offsets.tolist()
     if not include_last_offset:
         offs = offs + [indices.numel()]

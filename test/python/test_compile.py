@@ -78,7 +78,7 @@ def _uses_tl(x_ptr, y_ptr):
 
 
 def _uses_package(x_ptr, y_ptr):
-    tl.store(y_ptr + tl.arange(0, 64), triton_dequant.dequantize(tl.load(x_ptr + tl.arange(0, 8)), 1.0, 0.0, 4))
+    tl.store(y_ptr + tl.arange(0, 64), triton_dequant.language.dequantize(tl.load(x_ptr + tl.arange(0, 8)), 1.0, 0.0, 4))
 
 
 def _uses_neither(x_ptr, y_ptr):
@@ -89,7 +89,7 @@ def _key(fn):
     return JITFunction(fn).cache_key  # a fresh object: cache_key is memoised per function
 
 
-@pytest.mark.parametrize("fn", [_uses_tl, _uses_package], ids=["tl.dequantize", "triton_dequant.dequantize"])
+@pytest.mark.parametrize("fn", [_uses_tl, _uses_package], ids=["tl.dequantize", "triton_dequant.language.dequantize"])
 def test_lowering_is_part_of_the_cache_key(fn, monkeypatch):
     before = _key(fn)
     assert _key(fn) == before  # deterministic

@@ -1,6 +1,5 @@
 """The CPU paths of the host ops (triton_dequant._cpu): bit-identical to the exact
 references where they round (the dequantized weight / table), BLAS where they sum."""
-import itertools
 
 import pytest
 import torch
@@ -117,3 +116,19 @@ def test_linear_fp32_x_needs_the_cpu():
     qw, s, h = (t.to("meta") for t in _weight(64, 16, 4, 32, 0, 1, F16, seed=0))
     with pytest.raises(TypeError, match="`x` must be fp16 or bf16 on meta"):
         ops.linear(torch.zeros(2, 64, device="meta"), qw, s, h, 4)
+
+
+@pytest.mark.parametrize("sdtype,dtype", [(F16, F32), (F16, F16), (BF16, F32), (BF16, BF16), (F32, BF16)])
+def test_linear_weight_wide_exponents(sdtype, dtype):
+    """Scale and shift magnitudes 2**+-20 apart: the fast fp32 check (magnitudes within
+    2**(23 - bits)) on both sides of its bound, the float64 and the fallback paths."""
+    g = torch.Generator().manual_seed(4)
+    K, N = 64, 256
+    qw = torch.randint(-2 ** 31, 2 ** 31 - 1, (K // 8, N), dtype=torch.int32, generator=g)
+    mag = lambda: torch.exp2(torch.randint(-20, 21, (2, N), generator=g).double()) * torch.randn(2, N, generator=g,
+                                                                                             dtype=torch.float64)
+    s, h = mag().to(sdtype), mag().to(sdtype)
+    want = ref.linear_weight(qw, s, h, 4, dtype=dtype, group_size=32, signed=True)
+    got = _cpu.linear_weight(qw, s, h, 4, dtype=dtype, group_size=32, packed_dim=0, signed=True)
+    bits = torch.int16 if dtype != F32 else torch.int32
+    assert torch.equal(got.view(bits), want.view(bits))

@@ -52,10 +52,10 @@ def make_bags(lengths, T: int, gen: torch.Generator, include_last_offset: bool, 
 
 def check(got, rows, indices, offsets, nbit, mode, weights, dim, dtype, include_last_offset, signed):
     """``got`` against the exact result with the tolerance of the module docstring."""
-    exact = ref.embedding_bag(rows, indices, offsets, nbit, mode=mode, per_sample_weights=weights, dim=dim,
+    exact = ref.embedding_bag(rows, indices, offsets, nbit, mode=mode, per_sample_weights=weights, n_codes=dim,
                               dtype=torch.float64, include_last_offset=include_last_offset, signed=signed)
     # sum(|terms|) per bag and column: the same reference on |values| and |weights|
-    table = ref.dequantize_rows(rows, nbit, torch.float16, dim=dim, signed=signed).double().abs()
+    table = ref.dequantize_rows(rows, nbit, torch.float16, n_codes=dim, signed=signed).double().abs()
     offs = offsets.tolist() + ([] if include_last_offset else [indices.numel()])
     absterm = torch.zeros_like(exact)
     for b in range(len(offs) - 1):
@@ -162,23 +162,71 @@ def _case(gen, T=30):
     return rows, indices, offsets
 
 
-def test_op_cpu_is_reference_and_matches_kernel():
-    gen = torch.Generator().manual_seed(1)
-    rows, indices, offsets = _case(gen)
-    w = torch.randn(indices.shape, generator=gen)
-    got = ops.embedding_bag(rows, indices, offsets, 4, per_sample_weights=w)  # dim defaults to 32
-    want = ref.embedding_bag(rows, indices, offsets, 4, per_sample_weights=w)
-    assert torch.equal(got, want) and got.shape == (4, 32)
-    kern = keb.embedding_bag(rows.to(DEVICE), indices.to(DEVICE), offsets.to(DEVICE), 4, "sum", w.to(DEVICE), 32,
-                             torch.float32, False, False)
-    check(kern, rows, indices, offsets, 4, "sum", w, 32, torch.float32, False, False)
+# every valid kind of input: empty bags (first, middle, last), one bag, no lookups at all
+VALID = [([3, 0, 5, 1], "sum"), ([0, 4, 0], "mean"), ([0], "mean"), ([2, 0, 0], "wsum"), ([], "sum"),
+         ([0, 0], "sum"), ([6], "wsum")]
+
+
+@pytest.mark.parametrize("include_last", [False, True])
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("k", range(len(VALID)))
+def test_op_cpu_and_kernel_agree(k, idx_dtype, include_last):
+    """The CPU op (only the looked-up rows, fp32 sums) and the kernel (interpreter on
+    CPU CI) against the exact result, on every valid kind of offsets."""
+    lengths, mode = VALID[k]
+    if include_last and not lengths:
+        return  # torch needs at least one offset then
+    gen = torch.Generator().manual_seed(k)
+    rows = make_rows(32, 4, 30, gen)
+    indices, offsets = make_bags(lengths, 30, gen, include_last, idx_dtype)
+    w = torch.randn(indices.shape, generator=gen) if mode == "wsum" else None
+    m = "sum" if mode == "wsum" else mode
+    got = ops.embedding_bag(rows, indices, offsets, 4, mode=m, per_sample_weights=w, include_last_offset=include_last)
+    kern = keb.embedding_bag(rows.to(DEVICE), indices.to(DEVICE), offsets.to(DEVICE), 4, m,
+                             None if w is None else w.to(DEVICE), 32, torch.float32, include_last, False)
+    for out in (got, kern):
+        check(out, rows, indices, offsets, 4, m, w, 32, torch.float32, include_last, False)
+
+
+def test_op_cpu_gathers_only_its_rows():
+    """A table of 2**26 rows (4.5 GiB) that exists only where it is looked up: the CPU
+    path touches nothing else (it used to dequantize the whole table per call)."""
+    import ctypes
+    import numpy as np
+    T, E = 1 << 26, 17
+    gen = torch.Generator().manual_seed(5)
+    real = make_rows(32, E - 1, 8, gen)  # rows T - 8 .. T - 1
+    size = real.element_size()
+    raw = (ctypes.c_uint8 * (T * E * size)).from_address(real.data_ptr() - (T - 8) * E * size)
+    table = torch.from_numpy(np.ctypeslib.as_array(raw)).view(torch.int32).view(T, E)
+    idx = torch.tensor([T - 1, T - 8, T - 3, T - 3])
+    got = ops.embedding_bag(table, idx, torch.tensor([0, 3]), 4, mode="mean")
+    check(got, real, idx - (T - 8), torch.tensor([0, 3]), 4, "mean", None, 128, torch.float32, False, False)
+
+
+BAD_OFFSETS = [([1, 3], False, "`offsets\\[0\\]` must be 0"), ([-1, 3], False, "`offsets\\[0\\]` must be 0"),
+               ([0, 4, 2], False, "`offsets` must be non-decreasing"),
+               ([0, 4, 9], False, "`offsets` must be <= len\\(indices\\) = 6"),
+               ([0, 4], True, "`offsets\\[-1\\]` must be len\\(indices\\) = 6"),
+               ([0, 7], True, "`offsets\\[-1\\]` must be len\\(indices\\) = 6")]
+
+
+@pytest.mark.parametrize("offs,include_last,message", BAD_OFFSETS)
+def test_op_offsets_validated(offs, include_last, message):
+    """As torch's F.embedding_bag: bag 0 starts at 0, offsets never decrease and stay
+    within the indices (with include_last_offset the last one is len(indices))."""
+    rows = make_rows(32, 4, 30, torch.Generator().manual_seed(6))
+    idx = torch.arange(6)
+    for dtype in (torch.int32, torch.int64):
+        with pytest.raises(ValueError, match=message):
+            ops.embedding_bag(rows, idx, torch.tensor(offs, dtype=dtype), 4, include_last_offset=include_last)
 
 
 def test_fake_tensor_and_torch_compile():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         out = ops.embedding_bag(torch.empty(10, 9, dtype=torch.int32), torch.empty(7, dtype=torch.int64),
-                                torch.empty(3, dtype=torch.int64), 4, mode="mean", dim=50, dtype=torch.float16,
+                                torch.empty(3, dtype=torch.int64), 4, mode="mean", n_codes=50, dtype=torch.float16,
                                 include_last_offset=True)
         assert out.shape == (2, 50) and out.dtype == torch.float16
     gen = torch.Generator().manual_seed(2)
@@ -186,7 +234,7 @@ def test_fake_tensor_and_torch_compile():
     w = torch.randn(indices.shape, generator=gen)
 
     def f(rows, indices, offsets, w):
-        return ops.embedding_bag(rows, indices, offsets, 4, per_sample_weights=w, dim=30) * 2
+        return ops.embedding_bag(rows, indices, offsets, 4, per_sample_weights=w, n_codes=30) * 2
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(f, fullgraph=True)(rows, indices, offsets, w), f(rows, indices, offsets, w))
@@ -205,7 +253,7 @@ def _bad():
         (lambda: eb(rows, idx.reshape(1, -1), offs, 4), TypeError, "`indices`"),
         (lambda: eb(rows, idx, offs.to(torch.int16), 4), TypeError, "`offsets`"),
         (lambda: eb(rows, idx, offs, 3), ValueError, "`nbit`"),
-        (lambda: eb(rows, idx, offs, 4, dim=33), ValueError, "`dim`"),
+        (lambda: eb(rows, idx, offs, 4, n_codes=33), ValueError, "`n_codes`"),
         (lambda: eb(rows, idx, offs, 4, mode="max"), ValueError, "`mode`"),
         (lambda: eb(rows, idx, offs, 4, dtype=torch.bfloat16), TypeError, "`dtype`"),
         (lambda: eb(rows, idx, offs, 4, mode="mean", per_sample_weights=w), ValueError, "`per_sample_weights`"),

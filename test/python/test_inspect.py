@@ -19,8 +19,8 @@ ARCHS = (80, 90)
 # one call per op (the CLI's arguments), each compiled for both architectures
 CALLS = {
     "dequantize": ["--shape", "1024,512", "--nbit", "4", "--scale-shape", "1024,1"],
-    "dequantize_rows": ["--rows", "1024", "--dim", "1000", "--nbit", "2", "--container", "int16"],
-    "embedding_bag": ["--dim", "128", "--nbit", "4", "--lookups", "16", "--weighted"],
+    "dequantize_rows": ["--rows", "1024", "--n-codes", "1000", "--nbit", "2", "--container", "int16"],
+    "embedding_bag": ["--n-codes", "128", "--nbit", "4", "--lookups", "16", "--weighted"],
     "linear": ["--M", "1", "--K", "4096", "--N", "4096", "--nbit", "4", "--group-size", "128"],
 }
 
@@ -142,7 +142,7 @@ def test_dequantize_rows_planner_is_the_host_path():
     rows = packing.pack_rows(torch.randn(8, 100), 2, container=torch.uint8, row_align=16)
     call, _ = dequant._prepare_rows(rows, 2, torch.float16, 100, False, None, 8)
     _same(dequant.plan_dequantize_rows(call, _plan.cuda_target(80)),
-          tdi.plan_dequantize_rows(rows=8, dim=100, nbit=2, container="uint8", row_align=16, arch=80)[0])
+          tdi.plan_dequantize_rows(rows=8, n_codes=100, nbit=2, container="uint8", row_align=16, arch=80)[0])
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -155,7 +155,7 @@ def test_embedding_bag_planner_is_the_host_path(weighted):
     w = torch.rand(bags * lookups) if weighted else None
     call, *_ = eb._prepare(rows, idx, off, 4, "sum", w, 64, torch.float16, False, False)
     _same(eb.plan_embedding_bag(call, _plan.cuda_target(90)),
-          tdi.plan_embedding_bag(rows=32, dim=64, nbit=4, bags=bags, lookups=lookups, weighted=weighted,
+          tdi.plan_embedding_bag(rows=32, n_codes=64, nbit=4, bags=bags, lookups=lookups, weighted=weighted,
                                  dtype="fp16", row_align=16)[0])
 
 

@@ -276,7 +276,7 @@ def test_grid_limits():
     with pytest.raises(ValueError, match="grid"):
         _plan.Kernel(dequant._dequant_rows, (1, 70000), 4, 3, rows_ptr=_plan.ptr(torch.int32),
                      y_ptr=_plan.ptr(torch.float16), n_elems=9, dim=64, BLOCK=8, PER=8, NBIT=4, WIDTH=32,
-                     DST=tl.float16, SIGNED=False)
+                     DST=tl.float16, SIGNED=False, IDX64=False)
 
 
 def test_kernel_arguments_checked():

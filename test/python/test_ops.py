@@ -66,7 +66,7 @@ def test_dequantize_rows_kernel(width, nbit, dst, signed):
     rows[:, :header] = sh.view(dtype).reshape(7, header) if width < 32 else sh.view(torch.int32).view(dtype)
     per = width // nbit
     for dim in (13 * per, 13 * per - 3):
-        want = ref.dequantize_rows(rows, nbit, TORCH_DST[dst], dim=dim, signed=signed)
+        want = ref.dequantize_rows(rows, nbit, TORCH_DST[dst], n_codes=dim, signed=signed)
         got = kdq.dequantize_rows(rows.to(DEVICE), nbit, TORCH_DST[dst], dim, signed, block=8)
         assert torch.equal(_bits(got.cpu()), _bits(want))
     assert torch.equal(_bits(ops.dequantize_rows(rows, nbit, TORCH_DST[dst], signed=signed)),
@@ -87,7 +87,7 @@ def test_custom_ops_registered_with_fake_tensors():
         x = torch.empty(4, 16, dtype=torch.int32)
         y = ops.dequantize(x, 1.0, 0.0, 4, dim=0)
         assert y.shape == (32, 16) and y.dtype == torch.float16
-        r = ops.dequantize_rows(torch.empty(3, 9, dtype=torch.int32), 4, torch.bfloat16, dim=60)
+        r = ops.dequantize_rows(torch.empty(3, 9, dtype=torch.int32), 4, torch.bfloat16, n_codes=60)
         assert r.shape == (3, 60) and r.dtype == torch.bfloat16
     assert hasattr(torch.ops.triton_dequant, "dequantize")
 
@@ -113,7 +113,7 @@ BAD = [
     (lambda: ops.dequantize(torch.zeros(4, dtype=torch.int32), torch.ones(3), 0.0, 4), ValueError, "`scale`"),
     (lambda: ops.dequantize(torch.zeros(4, dtype=torch.int32), torch.ones(1, dtype=torch.int32), 0.0, 4), TypeError, "`scale`"),
     (lambda: ops.dequantize(torch.zeros(4, dtype=torch.int32), 1.0, "0", 4), TypeError, "`shift`"),
-    (lambda: ops.dequantize_rows(torch.zeros(4, 3, dtype=torch.int32), 4, dim=100), ValueError, "`dim`"),
+    (lambda: ops.dequantize_rows(torch.zeros(4, 3, dtype=torch.int32), 4, n_codes=100), ValueError, "`n_codes`"),
     (lambda: ops.dequantize_rows(torch.zeros(4, dtype=torch.int32), 4), ValueError, "`rows`"),
     (lambda: ops.dequantize_rows(torch.zeros(4, 3, dtype=torch.float16), 4), TypeError, "`rows`"),
 ]

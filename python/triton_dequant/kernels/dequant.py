@@ -1,6 +1,11 @@
 """Standalone dequantization kernels: whole tensors and the row-fused format.
 
 Host functions take torch tensors already checked by :mod:`triton_dequant.ops`.
+
+Sizes: offsets are int32 while every element offset a program computes stays below
+2**31, and int64 (``IDX64``, chosen per launch by :func:`needs_int64`) otherwise, so
+tensors and rows of any length work; the one limit is the grid, at most 2**31 - 1
+programs (a few times 2**41 outputs at the default tiles).
 """
 from __future__ import annotations
 
@@ -12,26 +17,39 @@ import triton
 import triton.language as tl
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
+from triton_dequant import formats
 
 from . import _plan
 from ._plan import Kernel, Plan, Target, ptr
+from ._rows import HEADER_BITS, row_header
 
-_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
-_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
+_TL = formats.TL_OUT
+_BITS = formats.CONTAINER_BITS
+_I32_MAX = 2 ** 31 - 1
+
+
+def needs_int64(*extents: int) -> bool:
+    """Whether an offset up to any of ``extents`` (element counts, strides x extents)
+    can leave int32: the switch to 64-bit index arithmetic, taken at plan time."""
+    return max(extents, default=0) > _I32_MAX
 
 
 @triton.jit
 def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, tiles, s_row, h_row, s_col, h_col,
                   BLOCK: tl.constexpr, PER: tl.constexpr, NBIT: tl.constexpr, DST: tl.constexpr,
-                  SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
+                  SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr, IDX64: tl.constexpr = False):
     """One [BLOCK]-word segment of a [rows, n] packed tensor (``tiles`` per row;
     a 1-D grid: CUDA caps grid dims 1 and 2 at 65535).
 
     Scale/shift: element ``(row, c)`` of the output at ``row*s_row + c*s_col``;
-    with ``PER_OUTPUT`` false they are constant along the row (s_col == 0)."""
+    with ``PER_OUTPUT`` false they are constant along the row (s_col == 0).
+    ``IDX64``: offsets within a row in int64 (``n * PER`` or ``n * PER * s_col`` past 2**31)."""
     pid = tl.program_id(0)
     row = (pid // tiles).to(tl.int64)
     t = pid % tiles
+    if IDX64:
+        t = t.to(tl.int64)
+        n = n.to(tl.int64)
     cols = t * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + row * n + cols, mask=cols < n)
     out = t * BLOCK * PER + tl.arange(0, BLOCK * PER)
@@ -48,13 +66,22 @@ def _dequant_last(x_ptr, s_ptr, h_ptr, y_ptr, n, tiles, s_row, h_row, s_col, h_c
 @triton.jit
 def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, tiles_n, tiles_b, s_outer, s_mid, s_inner,
                  h_outer, h_mid, h_inner, BN: tl.constexpr, BB: tl.constexpr, PER: tl.constexpr,
-                 NBIT: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr):
-    """A [BN, BB] tile of a packed [outer, n, inner] tensor, unpacked along the middle dim."""
+                 NBIT: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr, PER_OUTPUT: tl.constexpr,
+                 IDX64: tl.constexpr = False):
+    """A [BN, BB] tile of a packed [outer, n, inner] tensor, unpacked along the middle dim.
+    ``IDX64``: offsets within an outer slice in int64 (``n * PER * inner`` or a scale
+    offset past 2**31)."""
     pid = tl.program_id(0)
     a = (pid // (tiles_n * tiles_b)).to(tl.int64)
     tn = (pid // tiles_b) % tiles_n
+    tb = pid % tiles_b
+    if IDX64:
+        tn = tn.to(tl.int64)
+        tb = tb.to(tl.int64)
+        n = n.to(tl.int64)
+        inner = inner.to(tl.int64)
     rn = tn * BN + tl.arange(0, BN)[:, None]
-    rb = (pid % tiles_b) * BB + tl.arange(0, BB)[None, :]
+    rb = tb * BB + tl.arange(0, BB)[None, :]
     x = tl.load(x_ptr + a * n * inner + rn * inner + rb, mask=(rn < n) & (rb < inner))
     ro = tn * BN * PER + tl.arange(0, BN * PER)[:, None]
     omask = (ro < n * PER) & (rb < inner)
@@ -70,29 +97,23 @@ def _dequant_mid(x_ptr, s_ptr, h_ptr, y_ptr, n, inner, tiles_n, tiles_b, s_outer
 
 @triton.jit
 def _dequant_rows(rows_ptr, y_ptr, n_elems, dim, BLOCK: tl.constexpr, PER: tl.constexpr,
-                  NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr):
+                  NBIT: tl.constexpr, WIDTH: tl.constexpr, DST: tl.constexpr, SIGNED: tl.constexpr,
+                  IDX64: tl.constexpr = False):
     """Row ``pid(0)`` of a row-fused table, data elements ``[pid(1)*BLOCK, +BLOCK)``.
 
     Tiles cover the data, not the header: outputs stay 16-byte aligned and a row
     of ``dim`` codes takes exactly ``ceil(dim / (BLOCK*PER))`` programs (counting
     the header into the first tile would add a nearly empty program per row:
     a quarter slower on the H100). The data start 4 bytes into the row, which
-    costs nothing at the default tile (one 4-byte container per thread)."""
-    HEADER: tl.constexpr = 32 // WIDTH  # container elements in the 4-byte header
+    costs nothing at the default tile (one 4-byte container per thread).
+    ``IDX64``: offsets within a row in int64 (rows of 2**31 codes or more)."""
+    HEADER: tl.constexpr = HEADER_BITS // WIDTH  # container elements of the header
     row = tl.program_id(0).to(tl.int64)
     base = rows_ptr + row * n_elems
-    if WIDTH == 32:
-        head = tl.load(base)
-        s = (head & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
-    elif WIDTH == 16:
-        s = tl.load(base).to(tl.float16, bitcast=True)
-        h = tl.load(base + 1).to(tl.float16, bitcast=True)
-    else:
-        b = base.to(tl.pointer_type(tl.uint8))
-        s = (tl.load(b).to(tl.uint16) | (tl.load(b + 1).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
-        h = (tl.load(b + 2).to(tl.uint16) | (tl.load(b + 3).to(tl.uint16) << 8)).to(tl.float16, bitcast=True)
+    s, h = row_header(base, row >= 0, WIDTH)
     t = tl.program_id(1)
+    if IDX64:
+        t = t.to(tl.int64)
     cols = t * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(base + HEADER + cols, mask=cols * PER < dim)
     y = tl.dequantize(x, s, h, NBIT, DST, signed=SIGNED)
@@ -164,17 +185,20 @@ def plan_dequantize(call: DequantCall, target: Target) -> Plan:
     if c.inner == 1:
         b = min(block, triton.next_power_of_2(c.n))
         tiles = triton.cdiv(c.n, b)
+        col = max(c.s_strides[1], c.h_strides[1], 1)
         k = Kernel(_dequant_last, (c.outer * tiles,), c.num_warps, 3, n=c.n, tiles=tiles,
                    s_row=c.s_strides[0], h_row=c.h_strides[0], s_col=c.s_strides[1], h_col=c.h_strides[1],
-                   BLOCK=b, **common)
+                   BLOCK=b, IDX64=needs_int64((tiles * b + 1) * per * col), **common)
     else:
         bb = min(64, triton.next_power_of_2(c.inner))
         bn = max(1, min(triton.next_power_of_2(c.n), 4096 // (bb * per)))
         tn, tb = triton.cdiv(c.n, bn), triton.cdiv(c.inner, bb)
         s, h = c.s_strides, c.h_strides
+        n_pad, inner_pad = tn * bn * per, tb * bb
         k = Kernel(_dequant_mid, (c.outer * tn * tb,), c.num_warps, 3, n=c.n, inner=c.inner, tiles_n=tn,
                    tiles_b=tb, s_outer=s[0], s_mid=s[1], s_inner=s[2], h_outer=h[0], h_mid=h[1], h_inner=h[2],
-                   BN=bn, BB=bb, **common)
+                   BN=bn, BB=bb, IDX64=needs_int64(n_pad * inner_pad, n_pad * max(s[1], h[1]) +
+                                                    inner_pad * max(s[2], h[2])), **common)
     return Plan((k,))
 
 
@@ -239,9 +263,10 @@ def plan_dequantize_rows(call: RowsCall, target: Target) -> Plan:
     block = c.block or _default_tile(per, c.dtype, c.num_warps)
     used = triton.cdiv(c.dim, per)  # data elements actually needed
     b = min(block, triton.next_power_of_2(used))
-    k = Kernel(_dequant_rows, (c.R, triton.cdiv(used, b)), c.num_warps, 3, rows_ptr=ptr(c.container, c.aligned),
+    tiles = triton.cdiv(used, b)
+    k = Kernel(_dequant_rows, (c.R, tiles), c.num_warps, 3, rows_ptr=ptr(c.container, c.aligned),
                y_ptr=ptr(c.dtype), n_elems=c.E, dim=c.dim, BLOCK=b, PER=per, NBIT=c.nbit, WIDTH=width,
-               DST=_TL[c.dtype], SIGNED=bool(c.signed))
+               DST=_TL[c.dtype], SIGNED=bool(c.signed), IDX64=needs_int64(tiles * b * per + c.E))
     return Plan((k,))
 
 

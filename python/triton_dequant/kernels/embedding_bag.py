@@ -42,35 +42,19 @@ import triton
 import triton.language as tl
 
 import triton_dequant  # noqa: F401  (registers tl.dequantize)
+from triton_dequant import formats
 
 from . import _plan
 from ._plan import Kernel, Plan, Target, ptr
+from ._rows import HEADER_BITS, row_header as _row_header  # noqa: F401  (_row_header: bench/embedding_bag.py)
 
-_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
+_BITS = formats.CONTAINER_BITS
 _OUT = {torch.float16: tl.float16, torch.float32: tl.float32}
+_I32_MAX = 2 ** 31 - 1
 
 # at most this many outputs (row elements x PER) per program and lookup: 64 int32
 # words of int4 codes; beyond, the row is split over programs (registers)
 _MAX_OUTPUTS = 512
-
-
-@triton.jit
-def _row_header(base, m, WIDTH: tl.constexpr):
-    """fp16 scale and shift of the rows at ``base`` ([L] pointers; masked rows: 0, 0)."""
-    if WIDTH == 32:
-        head = tl.load(base, mask=m, other=0)
-        s = (head & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        h = (head >> 16).to(tl.int16).to(tl.float16, bitcast=True)
-    elif WIDTH == 16:
-        s = tl.load(base, mask=m, other=0).to(tl.int16, bitcast=True).to(tl.float16, bitcast=True)
-        h = tl.load(base + 1, mask=m, other=0).to(tl.int16, bitcast=True).to(tl.float16, bitcast=True)
-    else:
-        b = base.to(tl.pointer_type(tl.uint8))
-        s = tl.load(b, mask=m, other=0).to(tl.uint16) | (tl.load(b + 1, mask=m, other=0).to(tl.uint16) << 8)
-        h = tl.load(b + 2, mask=m, other=0).to(tl.uint16) | (tl.load(b + 3, mask=m, other=0).to(tl.uint16) << 8)
-        s = s.to(tl.float16, bitcast=True)
-        h = h.to(tl.float16, bitcast=True)
-    return s, h
 
 
 @triton.jit
@@ -80,33 +64,39 @@ def _embedding_bag_kernel(rows_ptr, idx_ptr, off_ptr, w_ptr, out_ptr,
                           VEC: tl.constexpr, HEAD_IN: tl.constexpr,
                           BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
                           HAS_W: tl.constexpr, MEAN: tl.constexpr, SIGNED: tl.constexpr,
-                          OUT_DTYPE: tl.constexpr):
+                          OUT_DTYPE: tl.constexpr, POS64: tl.constexpr = False):
     """Bag ``pid // n_blocks``, row elements ``[blk * BLOCK_W, +BLOCK_W)`` counted from
     the row start (``HEAD_IN``) or from the first data element.
 
     ``stride_v * VEC``: row stride in elements; ``limit_v * VEC``: elements to load
     (from the same origin); ``VEC`` divides both, and the origin offset.
 
-    Only builtins and this module's own @jit helpers are called: ``tl.reduce`` with
+    Only builtins and @jit helpers of modules that see ``triton.language`` alone (the
+    header reader of ``_rows.py``) are called: ``tl.reduce`` with
     ``tl.standard._sum_combine`` and ``tl.full``, not ``tl.sum`` / ``tl.zeros``, which are
     @jit functions of ``triton.language.standard``. Triton 3.6's interpreter patches
-    ``triton.language.core`` for a nested @jit call from another module and never
+    ``triton.language.core`` for a nested @jit call from such a module and never
     restores it, which breaks every later compilation in the process (the CPU test run:
     test_errors.py after this kernel ran). ``_sum_combine`` is the combine the
     interpreter recognizes and reduces with numpy (compiled: exactly ``tl.sum``; a
     combine of our own would make the interpreter call it per element, 30x slower).
     The bag loop is a ``while``: the interpreter cannot take loaded scalars as
-    ``range`` bounds."""
-    HEADER: tl.constexpr = 32 // WIDTH           # container elements of the 4-byte header
+    ``range`` bounds.
+
+    Positions in ``indices`` are int32 unless ``POS64`` (``n_idx + BLOCK_L`` past 2**31):
+    offsets are clamped to ``[0, n_idx]`` in their own type first, so int64 offsets are
+    never truncated."""
+    HEADER: tl.constexpr = HEADER_BITS // WIDTH   # container elements of the 4-byte header
     OFF: tl.constexpr = 0 if HEAD_IN else HEADER  # tile origin within the row
+    POS: tl.constexpr = tl.int64 if POS64 else tl.int32
     pid = tl.program_id(0)
     bag = pid // n_blocks
     blk = pid % n_blocks
     # bag b ends where bag b + 1 starts, the last one (no include_last_offset) at n_idx;
-    # offsets outside [0, n_idx] are clamped (never an out-of-bounds index read)
-    start = tl.minimum(tl.maximum(tl.load(off_ptr + bag).to(tl.int32), 0), n_idx)
-    nxt = tl.load(off_ptr + tl.minimum(bag + 1, n_off - 1)).to(tl.int32)
-    end = tl.minimum(tl.where(bag + 1 < n_off, nxt, n_idx), n_idx)
+    # offsets outside [0, n_idx] (unchecked input) are clamped: never an out-of-bounds read
+    start = tl.minimum(tl.maximum(tl.load(off_ptr + bag), 0), n_idx).to(POS)
+    nxt = tl.load(off_ptr + tl.minimum(bag + 1, n_off - 1))
+    end = tl.minimum(tl.where(bag + 1 < n_off, nxt, n_idx), n_idx).to(POS)
 
     stride = stride_v * VEC
     cols = blk * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -233,13 +223,18 @@ def plan_embedding_bag(call: BagCall, target: Target) -> Plan:
     lay = row_layout(c.container, c.E, c.stride, c.nbit, c.dim, c.block_w, c.head_in)
     block_l = c.block_l or default_config(c.n_bags, c.n_indices, lay["block_w"] * per,
                                           c.weight_dtype is not None)["block_l"]
+    if c.n_bags * lay["n_blocks"] > _I32_MAX:
+        raise ValueError(f"`offsets`: at most {_I32_MAX // lay['n_blocks']} bags for rows of {c.dim} codes "
+                         f"(one program per bag and column block), got {c.n_bags}")
+    # positions in `indices` go 64-bit where a chunk could pass 2**31 (a plan-time switch)
+    pos64 = c.n_indices + block_l > _I32_MAX
     base = _bag_kernel(c._replace(n_indices=_plan.representative(c.n_indices),
-                                  n_offsets=_plan.representative(c.n_offsets), block_l=block_l), target)
+                                  n_offsets=_plan.representative(c.n_offsets), block_l=block_l), target, pos64)
     return Plan((base.rebind(n_idx=c.n_indices, n_off=c.n_offsets),))
 
 
 @functools.lru_cache(maxsize=1024)
-def _bag_kernel(c: BagCall, target: Target) -> Kernel:
+def _bag_kernel(c: BagCall, target: Target, pos64: bool = False) -> Kernel:
     width = _BITS[c.container]
     per = width // c.nbit
     lay = row_layout(c.container, c.E, c.stride, c.nbit, c.dim, c.block_w, c.head_in)
@@ -253,7 +248,7 @@ def _bag_kernel(c: BagCall, target: Target) -> Kernel:
                   limit_v=lay["limit"] // lay["vec"], dim=c.dim, n_blocks=lay["n_blocks"],
                   NBIT=c.nbit, PER=per, WIDTH=width, VEC=lay["vec"], HEAD_IN=lay["head_in"],
                   BLOCK_L=c.block_l, BLOCK_W=lay["block_w"], HAS_W=has_w, MEAN=bool(c.mean),
-                  SIGNED=bool(c.signed), OUT_DTYPE=_OUT[c.dtype])
+                  SIGNED=bool(c.signed), OUT_DTYPE=_OUT[c.dtype], POS64=pos64)
 
 
 def _aligned(t: Optional[torch.Tensor]) -> bool:
@@ -287,7 +282,6 @@ def embedding_bag(rows, indices, offsets, nbit, mode, per_sample_weights, dim, d
     out = torch.empty((call.n_bags, dim), dtype=dtype, device=rows.device)
     if out.numel() == 0:
         return out
-    assert indices.numel() < 2 ** 31, "indices: at most 2**31 - 1 lookups"
     target = _plan.target_of(rows.device)
     plan = plan_embedding_bag(call, target)
     _plan.launch(plan.kernels[0], (rows, indices, offsets, w if w is not None else out, out), rows.device, target)
