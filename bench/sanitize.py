@@ -112,17 +112,6 @@ def _up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def _no_arch(rows):
-    out, seen = [], set()
-    for r in rows:
-        r = {k: v for k, v in r.items() if k != "arch"}
-        key = repr(sorted(r.items(), key=lambda kv: kv[0]))
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    return out
-
-
 def sweep_rows(tdi, op: str) -> list:
     """The pairwise covering array of ``op``'s sweep axes without the arch axis."""
     axes = {k: v for k, v in tdi.AXES[op].items() if k != "arch"}
@@ -491,6 +480,11 @@ def select(cases: list, a, arch: int, sms: int, m: dict, interp: bool) -> list:
                 sh = shared_bytes(c, arch, sms, m)
                 if sh is None or sh > 0:
                     rest.append(c)
+        by_op = {}
+        for c in rest:  # round robin over the ops, so that a cap keeps some of each
+            by_op.setdefault(c.op, []).append(c)
+        queues = list(by_op.values())
+        rest = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
         cases = split + rest
         cases = cases[:RACE_LIMIT] if a.limit is None else cases
     if a.quick:
@@ -722,7 +716,7 @@ def main(argv=None) -> int:
     if interp:
         dev = torch.device("cpu")
         arch, sms = a.arch or 90, a.sms or 132
-    elif a.compile_only and not torch.cuda.is_available():
+    elif (a.compile_only or a.list) and not torch.cuda.is_available():  # plan/compile for sm_90 without a GPU
         dev = torch.device("cpu")
         arch, sms = a.arch or 90, a.sms or 132
     else:
