@@ -83,9 +83,15 @@ sanitizer_job() {
     run_step "$SAN_LOG" "plain" "$(left "$T_SAN")" $PY bench/sanitize.py
     return
   fi
+  # options this compute-sanitizer knows: a nonzero exit on errors; padding after every
+  # allocation, so that an access just past a tensor cannot land in its neighbour
+  local help common=() pad=()
+  help=$("$CS" --help 2>&1)
+  grep -q -- "--error-exitcode" <<< "$help" && common+=(--error-exitcode 99)
+  grep -q -- "--padding" <<< "$help" && pad+=(--padding 64)
   # each tensor its own allocation (no caching allocator), so that memcheck sees accesses past its end
   run_step "$SAN_LOG" "memcheck" "$(min 280 "$(left $((T_SAN - 100)))")" \
-    env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool memcheck --leak-check full --error-exitcode 99 \
+    env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool memcheck --leak-check full ${common[@]+"${common[@]}"} ${pad[@]+"${pad[@]}"} \
     $PY bench/sanitize.py
   if grep -q "Device not supported" "$SAN_LOG"; then  # gVisor: the sanitizer refuses the device
     echo "# compute-sanitizer refused the device (gVisor?): the plain run instead of racecheck" >> "$SAN_LOG"
@@ -93,7 +99,7 @@ sanitizer_job() {
     return
   fi
   run_step "$SAN_LOG" "racecheck" "$(left "$T_SAN")" \
-    env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool racecheck --error-exitcode 99 \
+    env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool racecheck ${common[@]+"${common[@]}"} \
     $PY bench/sanitize.py --racecheck
 }
 sanitizer_job &
