@@ -6,11 +6,28 @@ Each bench module exposes ``run(time_us, record, device="cuda")``:
 * ``record(bench=..., nbit=..., shape=..., impl=..., us=..., **extra)`` appends one
   row to the results (``extra`` e.g. ``bytes=`` for bandwidth, ``note=``).
 Modules must check correctness of every implementation they time (never time
-zeros or unchecked outputs) and must import without a GPU.
+zeros or unchecked outputs) and must import without a GPU. A module's
+``ESTIMATE_S`` is its rough GPU run time (compiles included), which run.py's
+``--budget-s`` uses; optional parts of a module (its later shapes) ask
+:func:`past_soft_deadline` before they start.
 """
 from __future__ import annotations
 
+import time
+
 import torch
+
+# time.monotonic() after which a module should skip its optional parts (run.py sets it
+# per module: the budget's end minus what the modules after it are estimated to need)
+_SOFT_DEADLINE = [float("inf")]
+
+
+def set_soft_deadline(t: float) -> None:
+    _SOFT_DEADLINE[0] = t
+
+
+def past_soft_deadline() -> bool:
+    return time.monotonic() > _SOFT_DEADLINE[0]
 
 
 def cuda_graph(fn):

@@ -45,6 +45,11 @@ from common import time_all
 
 NBIT, GROUP = 4, 128
 TOL = 1e-2
+# estimate of this module's GPU run (s): building, quantizing, prepacking 4 Llama-3-8B layers + embedding
+# + lm_head (~2 G parameters) and the two copies ~10 s; Triton compiles: per batch, the prepacked kernel
+# at 5 (K, N) shapes (qkv-like, o, gate/up, down, lm_head: split-K differs) and the plain GEMV / mm at
+# the same ~5, ~20 x ~1 s; 2 batches x 3 models x 2 rounds of graph replays ~3 s
+ESTIMATE_S = 40
 
 
 def _layouts(model) -> str:

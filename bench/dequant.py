@@ -19,6 +19,9 @@ from common import time_all
 N_OUT = 1 << 28
 WARPS = 8  # kernels.dequant's default
 FORMATS = [(8, torch.int32), (4, torch.int32), (2, torch.int16)]
+# estimate of this module's GPU run (s): Triton compiles ours 6 (3 formats x whole / rows) + the naive
+# twins 6, ~1 s each; torch.compile 6 x ~4 s; timing 6 cases x 5 impls x 2 rounds x ~0.15 s = 9 s; data ~5 s
+ESTIMATE_S = 50
 
 
 @triton.jit

@@ -34,6 +34,9 @@ from common import time_all
 
 NBIT, PER = 4, 8
 LOOKUPS = 32
+# estimate of this module's GPU run (s): Triton compiles 2 D x (4 configs + naive) + the op's own = 11 x
+# ~1 s; timing 2 x (4 sweep + 3 impls) x 2 rounds x ~0.15 s = 4 s; tables, references ~5 s
+ESTIMATE_S = 20
 # (BLOCK_L, BLOCK_W, num_warps) per D; the first is the launcher's default. Static SASS
 # of each: test/lit/embedding_bag.py --sweep.
 CONFIGS = {128: [(32, 16, 2), (32, 16, 4), (32, 16, 1), (16, 16, 1)],

@@ -45,6 +45,9 @@ CONFIGS = [(1024, 4), (4096, 4), (1024, 8), (4096, 8), (8192, 8)]  # (words per 
 AXIS0 = ((8192, 16384), (16, 64, 4))  # (K, N) outputs; (BK words, BN, warps)
 GEMV = ((8192, 8192), (128, 64, 4))  # (K, N); (BK outputs, BN, warps)
 SCALE, SHIFT = 0.5, -8.0  # exact in fp16 for every code
+# estimate of this module's GPU run (s): 3 formats x (5 configs x 4 variants + 2 + 2) = 72 Triton
+# compiles ~1 s each; ~80 do_bench calls ~12 s; 2^28-output data ~5 s
+ESTIMATE_S = 90
 _SCALE, _SHIFT = tl.constexpr(SCALE), tl.constexpr(SHIFT)  # (what the kernel sees)
 
 

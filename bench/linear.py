@@ -1,32 +1,32 @@
-"""Weight-only low-bit matmul ``y = x @ W``: decode GEMV and the tensor-core path.
+"""Weight-only low-bit matmul ``y = x @ W`` on tensor cores: the M sweep (bench "linear").
 
-Cases (random data):
-* bench "gemv": M = 1, K = N = 4096 and 8192, nbit 8 / 4 / 2; codes packed along
-  K in int32 (the GPTQ-like layout), per-channel fp16 scale/shift, fp16 x;
-* bench "linear": int4, groups of 128 (fp16 scale/shift ``[K/128, N]``), M in
-  ``LINEAR_M`` (2 .. 256) at (K, N) in ``LINEAR_SHAPES`` (8192^2, 8192 x 28672,
-  28672 x 8192), fp16 x, and bf16 x (scale/shift bf16) at M = 16 and 64
-  (``,bf16`` in ``shape``). "ours" is the weights prepacked once in the device's
-  :mod:`triton_dequant.layouts` layout, run by ``kernels.linear._mma_prepacked``
-  (what a layer holding prepacked weights runs at every M).
+(The batch-1 GEMV is bench/gemv.py; it imports this module's helpers.)
+
+Cases: int4, groups of 128 (fp16 scale/shift ``[K/128, N]``), M in ``LINEAR_M``
+(2 .. 256) at (K, N) in ``LINEAR_SHAPES`` (8192^2 and 8192 x 28672; 28672 x 8192
+dropped for compile time), fp16 x, and bf16 x (scale/shift bf16, cuBLAS in bf16)
+at M = 16 and 64 on the first shape (``,bf16`` in ``shape``). "ours" is the
+weights prepacked once in the device's :mod:`triton_dequant.layouts` layout, run
+by ``kernels.linear._mma_prepacked`` (what a layer holding prepacked weights, the
+GPU default of ``QuantizedLinear``, runs at every M).
 
 Implementations, each checked against x @ W in float64 (W the exact dequantized
 weight rounded once to x.dtype) before it is timed, relative error <= 1e-2 (norm
 and max), else the bench fails:
-* ours: ``kernels.linear.linear`` with an explicit config, the best of a few
-  candidates (``_candidates`` / ``_pp_candidates``: the launch table's choice
-  plus neighbours, at most 3 for "linear"); its config in ``note``, every
-  config's time in ``configs``, the launch table's time in ``default_us``;
+* ours: ``kernels.linear.linear`` with an explicit config, the best of the
+  launch table's choice and, on the first shape in fp16 at ``TUNE_M`` only, at
+  most two neighbours (``_pp_candidates``; compile time); its config in
+  ``note``, every config's time in ``configs``, the launch table's time in
+  ``default_us``;
 * naive-triton: the same kernel, tiling and split-K as the best config (same
-  bytes for "linear"), with the shift/mask + int->float unpack of
-  ``bench/naive.py`` instead of ``tl.dequantize``;
+  bytes), with the shift/mask + int->float unpack of ``bench/naive.py`` instead
+  of ``tl.dequantize``;
 * cublas-fp16: ``x @ W16`` with a random ``[K, N]`` weight of x.dtype;
-* ours-plain ("linear"): the same weights in the plain layout, the launch
-  table's route (GEMV for M <= 4, the shared-memory ``_mma`` kernel, dequantize
-  + cuBLAS from ``DEQUANT_MIN_M``); dequant-cublas (M >= 64): that last route
-  forced. These two feed the routing rule in ``kernels/linear/_config.py``;
-* torch-eager / torch-compile ("gemv"): unpack with shift/mask, ``* scale +
-  shift`` in fp16, matmul (eager, and ``torch.compile`` of it);
+* ours-plain (first shape, fp16): the same weights in the plain layout, the
+  launch table's route (GEMV for M <= 4, the shared-memory ``_mma`` kernel,
+  dequantize + cuBLAS from ``DEQUANT_MIN_M``); dequant-cublas (M >= 64, first
+  shape, fp16): that last route forced. These two feed the routing rule in
+  ``kernels/linear/_config.py``;
 * copy: a device copy moving the packed weight bytes (read + write).
 
 ``bytes``: packed weight + scale + shift bytes (what the op must read).
@@ -43,18 +43,25 @@ from triton_dequant import layouts, packing
 from triton_dequant import reference as ref
 from triton_dequant.kernels import linear as kl
 
+import common
+from common import time_all
 from naive import unpack as naive_unpack
 
-from common import time_all
-
 C = kl.Config
-GEMV_SIZES = (4096, 8192)
+GEMV_SIZES = (4096, 8192)  # (sweep only; bench/gemv.py has the GEMV cases)
 NBITS = (8, 4, 2)
 LINEAR_M = (2, 4, 8, 16, 32, 64, 128, 256)
-LINEAR_SHAPES = ((8192, 8192), (8192, 28672), (28672, 8192))  # (K, N)
+LINEAR_SHAPES = ((8192, 8192), (8192, 28672))  # (K, N); 28672 x 8192 dropped (compile time)
 LINEAR_BF16_M = (16, 64)
+TUNE_M = (16, 32, 64, 128)  # Ms whose neighbour configs are timed (the tight targets)
 LINEAR_GROUP = 128
 TOL = 1e-2
+# estimate of this module's GPU run (s). Triton compiles (~1-2 s each for the
+# pipelined tensor-core kernels): ours 8 M + 2 x 4 TUNE_M neighbours + 2 bf16 at
+# 8192^2, 8 at 8192 x 28672 (some shared) ~ 24; the naive twin 18; ours-plain 6
+# (2 GEMV, 4 mm) + the dequant route ~ 2 => ~50 kernels ~ 75 s; timing ~200 do_bench
+# calls x ~0.15 s = 30 s; data, prepacking, references ~10 s
+ESTIMATE_S = 115
 
 
 # --- problems and baselines -----------------------------------------------------------------
@@ -66,31 +73,6 @@ def _problem(M, K, N, nbit, device, gen):
     h = -s * (1 << (nbit - 1)) * (1 + 0.1 * torch.randn(N, device=device, generator=gen))
     x = torch.randn(M, K, device=device, generator=gen).half()
     return x, qw, s.half(), h.half()
-
-
-def _torch_dequant(qw, s, h, nbit: int):
-    per = 32 // nbit
-    shifts = torch.arange(per, device=qw.device, dtype=torch.int32) * nbit
-    q = (qw.unsqueeze(1) >> shifts[None, :, None]) & ((1 << nbit) - 1)  # [K/PER, PER, N]
-    return q.reshape(-1, qw.shape[1]).half() * s + h
-
-
-def _eager_fn(nbit: int):
-    def f(x, qw, s, h):
-        return x @ _torch_dequant(qw, s, h, nbit)
-    return f
-
-
-_COMPILED: dict = {}
-
-
-def _compiled(nbit: int, shape: tuple):
-    # one static graph per case: with dynamic shapes dynamo turns nbit into a
-    # symbol and fails on the shift
-    key = (nbit, shape)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_eager_fn(nbit), fullgraph=True, dynamic=False)
-    return _COMPILED[key]
 
 
 def _check(name: str, y: torch.Tensor, want: torch.Tensor) -> float:
@@ -113,11 +95,16 @@ def _uniq(cfgs):
     return out
 
 
-def _candidates(M, K, N, nbit, level=1):
+def _sms(device) -> int:
+    """SM count of ``device`` (132, an H100/H200 SXM, for the CPU dry run)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if str(device).startswith("cuda") else 132
+
+
+def _candidates(M, K, N, nbit, level=1, sms=132):
     """The default table's config first, then neighbours worth timing on the GPU.
     level 0: split-K neighbours only; 1: + tile/pipelining/reduction variants;
     2: the wide grid (:func:`sweep`)."""
-    d = kl.default_config(M, K, N, nbit, 32, 0, torch.float16)
+    d = kl.default_config(M, K, N, nbit, 32, 0, torch.float16, sms)
     v = lambda **kw: replace(d, **kw)  # noqa: E731
     s = d.split
     out = [d, v(split=max(1, s // 2)), v(split=2 * s)]
@@ -170,11 +157,18 @@ def _linear_cases(shapes, ms, bf16_ms):
                 yield M, K, N, torch.bfloat16
 
 
-def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log):
-    """Check, then time every config once; -> [(us, cfg)] sorted."""
+def _main_case(M, K, N, dtype, shapes, tune_m) -> tuple:
+    """(first shape in fp16: time ours-plain and dequant-cublas, tune: time neighbour configs)."""
+    main = (K, N) == tuple(shapes[0]) and dtype == torch.float16
+    return main, main and M in tune_m
+
+
+def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log, group_size=None):
+    """Check, then time every config once; -> [(us, cfg)] sorted. ``group_size``: K (per channel) if None."""
     res = []
+    gsize = group_size or K
     for cfg in cfgs:
-        fn = lambda cfg=cfg: kl.linear(x, qw, s, h, nbit, K, 0, False, config=cfg)
+        fn = lambda cfg=cfg: kl.linear(x, qw, s, h, nbit, gsize, 0, False, config=cfg)
         try:
             y = fn()
         except Exception as e:  # a config the compiler rejects (resources): skip it, say so
@@ -217,13 +211,17 @@ def _linear_problem(M, K, N, dtype, device, gen):
     return x, codes, s.to(dtype), h.to(dtype)
 
 
-def run_linear(time_us, record, device, shapes, ms, bf16_ms):
+def run_linear(time_us, record, device, shapes, ms, bf16_ms, tune_m=TUNE_M):
     gen = torch.Generator(device=device).manual_seed(2)
-    log = lambda msg: print(msg, flush=True)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
     lay = _layout(device)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if str(device).startswith("cuda") else 132
+    sms = _sms(device)
     prepared = {}
     for M, K, N, dtype in _linear_cases(shapes, ms, bf16_ms):
+        if (K, N) != tuple(shapes[0]) and M == ms[0] and common.past_soft_deadline():
+            log(f"  linear: soft deadline passed, shapes from {K}x{N} on skipped")
+            break
+        main, tune = _main_case(M, K, N, dtype, shapes, tune_m)
         t0 = time.time()
         tag = "" if dtype == torch.float16 else ",bf16"
         shape = f"M={M},K={K},N={N}{tag}"
@@ -243,7 +241,8 @@ def run_linear(time_us, record, device, shapes, ms, bf16_ms):
         nbytes = qw.numel() * 4 + 2 * s.numel() * s.element_size()
         log(f"  linear nbit=4 {shape} ({lay.name})")
         ranked = []
-        for cfg in _pp_candidates(M, K, N, lay, dtype, sms):
+        cands = _pp_candidates(M, K, N, lay, dtype, sms) if tune else [kl.prepacked_config(M, K, N, lay, dtype, sms)]
+        for cfg in cands:
             fn = lambda cfg=cfg: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=cfg, layout=lay)
             try:
                 y = fn()
@@ -265,9 +264,10 @@ def run_linear(time_us, record, device, shapes, ms, bf16_ms):
             "naive-triton": lambda: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=best, layout=lay,
                                               unpack=naive_unpack),
             "cublas-fp16": lambda: x @ w16,
-            "ours-plain": lambda: kl.linear(x, qw, s, h, 4, LINEAR_GROUP, 0, False),
         }
-        if M >= 64:
+        if main:
+            fns["ours-plain"] = lambda: kl.linear(x, qw, s, h, 4, LINEAR_GROUP, 0, False)
+        if main and M >= 64:
             fns["dequant-cublas"] = lambda: kl.linear(x, qw, s, h, 4, LINEAR_GROUP, 0, False, config=C("dequant"))
         for name in ("naive-triton", "ours-plain", "dequant-cublas"):
             if name in fns:
@@ -295,56 +295,9 @@ def run_linear(time_us, record, device, shapes, ms, bf16_ms):
     prepared.clear()
 
 
-def run(time_us, record, device="cuda", sizes=GEMV_SIZES, linear_shapes=LINEAR_SHAPES, linear_m=LINEAR_M,
-        linear_bf16_m=LINEAR_BF16_M, use_compile=True):
-    gen = torch.Generator(device=device).manual_seed(0)
-    log = lambda msg: print(msg, flush=True)
-    run_linear(time_us, record, device, linear_shapes, linear_m, linear_bf16_m)
-    for bench, M, K, N, nbit, level in _cases(sizes):
-        t0 = time.time()
-        shape = f"M={M},K={K},N={N}"
-        x, qw, s, h = _problem(M, K, N, nbit, device, gen)
-        nbytes = qw.numel() * 4 + 4 * N
-        w = ref.linear_weight(qw, s, h, nbit, dtype=torch.float16).double()
-        want = x.double() @ w
-        del w
-        log(f"  {bench} nbit={nbit} {shape}")
-        ranked = _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, _candidates(M, K, N, nbit, level), log)
-        best_us, best = ranked[0]
-        default = kl.default_config(M, K, N, nbit, 32, 0, torch.float16)
-        default_us = next((us for us, c in ranked if c == default), None)
-
-        ours = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=best)
-        naive = lambda: kl.linear(x, qw, s, h, nbit, K, 0, False, config=best, unpack=naive_unpack)
-        _check("naive-triton", naive(), want)
-        w16 = torch.randn(K, N, device=device, generator=gen).half()
-        cublas = lambda: x @ w16
-        _check("cublas-fp16", cublas(), x.double() @ w16.double())
-        eager_f = _eager_fn(nbit)
-        eager = lambda: eager_f(x, qw, s, h)
-        _check("torch-eager", eager(), want)
-        fns = {"ours": ours, "naive-triton": naive, "cublas-fp16": cublas, "torch-eager": eager}
-        if use_compile:
-            comp_f = _compiled(nbit, (M, K, N))
-            comp = lambda: comp_f(x, qw, s, h)
-            _check("torch-compile", comp(), want)
-            fns["torch-compile"] = comp
-        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
-        dst = torch.empty_like(src)
-        fns["copy"] = lambda: dst.copy_(src)
-        configs = "; ".join(f"{us:.1f} {c.short()}" for us, c in ranked)
-        for impl, (us, runs) in time_all(time_us, fns, graph=True).items():
-            extra = {}
-            if impl == "ours":
-                extra = dict(note=best.short(), configs=configs, sweep_best_us=best_us, default_us=default_us,
-                             default=default.short())
-            elif impl == "naive-triton":
-                extra = dict(note=best.short())
-            elif impl == "cublas-fp16":
-                extra = dict(fp16_weight_bytes=K * N * 2)
-            record(bench=bench, nbit=nbit, shape=shape, impl=impl, us=us, bytes=nbytes, runs=runs, **extra)
-        log(f"  ({time.time() - t0:.0f} s)")
-        del x, qw, s, h, want, w16, src, dst
+def run(time_us, record, device="cuda", linear_shapes=LINEAR_SHAPES, linear_m=LINEAR_M,
+        linear_bf16_m=LINEAR_BF16_M, tune_m=TUNE_M):
+    run_linear(time_us, record, device, linear_shapes, linear_m, linear_bf16_m, tune_m)
 
 
 def sweep(time_us, record, device="cuda", sizes=GEMV_SIZES):
@@ -365,5 +318,5 @@ def sweep(time_us, record, device="cuda", sizes=GEMV_SIZES):
 
 
 # run.py --dry-run (CPU, interpreter): tiny shapes, no torch.compile
-DRY_RUN = {"sizes": (256,), "linear_shapes": ((256, 256),), "linear_m": (2, 16, 64, 256),
-           "linear_bf16_m": (16,), "use_compile": False}
+DRY_RUN = {"linear_shapes": ((256, 256), (256, 128)), "linear_m": (2, 16, 64, 256), "linear_bf16_m": (16,),
+           "tune_m": (16,)}
