@@ -42,7 +42,7 @@ from triton_dequant.kernels import linear as kl
 
 import common
 from common import time_all
-from linear import _candidates, _check, _layout, _sms, _sweep_case
+from linear import _candidates, _check, _layout, _sms, _sweep_case, meta_kernels
 from naive import unpack as naive_unpack
 
 SHAPES = ((8192, 8192), (8192, 28672), (28672, 8192), (8192, 10240))  # (K, N)
@@ -54,6 +54,7 @@ GROUPS = (None, 128)  # per channel, g128
 # twin 18 + 6, ours-prepacked 3 => ~57 s; torch.compile 6 x ~4 s = 24 s; timing
 # ~300 do_bench calls x ~0.15 s = 45 s; references and data ~10 s
 ESTIMATE_S = 135
+COMPILE_S = 55  # the package-kernel compiles in ESTIMATE_S: what bench/precompile.py takes off the run (plan_kernels lists them)
 
 
 def _group_tag(group):
@@ -99,6 +100,26 @@ def _compiled(nbit: int, key: tuple):
     if (nbit, key) not in _COMPILED:
         _COMPILED[(nbit, key)] = torch.compile(_eager_fn(nbit), fullgraph=True, dynamic=False)
     return _COMPILED[(nbit, key)]
+
+
+def plan_kernels(target, shapes=SHAPES, nbits=NBITS, groups=GROUPS, use_compile=True, prepacked=True):
+    """Every kernel :func:`run` may compile on ``target`` (for bench/precompile.py; the
+    naive twin of every candidate, though run times only the best's)."""
+    lay = layouts.default_layout(target.arch, 4)
+    out = []
+    for K, N in shapes:
+        for group in groups:
+            for nbit in nbits:
+                gsize, G = (K, 0) if group is None else (group, K // group)
+                cands = (_candidates(1, K, N, nbit, 0, target.num_sms) if (K, N) == tuple(shapes[0])
+                         else [kl.default_config(1, K, N, nbit, 32, 0, torch.float16, target.num_sms)])
+                for cfg in cands:
+                    for unpack in (None, naive_unpack):
+                        out += meta_kernels(target, 1, K, N, nbit, G, gsize, cfg, unpack)
+                if prepacked and nbit == 4 and group is not None:
+                    cfg = kl.prepacked_config(1, K, N, lay, torch.float16, target.num_sms)
+                    out += meta_kernels(target, 1, K, N, 4, G, gsize, cfg, None, lay)
+    return out
 
 
 def run(time_us, record, device="cuda", shapes=SHAPES, nbits=NBITS, groups=GROUPS, use_compile=True,

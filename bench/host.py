@@ -46,6 +46,7 @@ TOL = 1e-2
 # differs) ~8 x ~1 s; loops 4 cases x 6 impls x 6 x 2000 calls x ~10-30 us ~ 5 s;
 # 24 do_bench calls (gpu_us) ~ 4 s
 ESTIMATE_S = 20
+COMPILE_S = 8  # the package-kernel compiles in ESTIMATE_S: what bench/precompile.py takes off the run (plan_kernels lists them)
 
 
 def _sync(device):
@@ -72,6 +73,17 @@ def _check(name, y, want):
     err = ((y.double() - want).norm() / want.norm()).item()
     if not err <= TOL:
         raise AssertionError(f"host {name}: relative error {err:.2e} > {TOL}")
+
+
+def plan_kernels(target, cases=CASES, calls=CALLS, rounds=ROUNDS):
+    """The kernels :func:`run` compiles on ``target`` (bench/precompile.py)."""
+    from linear import meta_kernels
+    lay = layouts.default_layout(target.arch, 4)
+    out = []
+    for M, K, N, _ in cases:
+        out += meta_kernels(target, M, K, N, 4, K // GROUP, GROUP)
+        out += meta_kernels(target, M, K, N, 4, K // GROUP, GROUP, layout=lay)
+    return out
 
 
 def run(time_us, record, device="cuda", cases=CASES, calls=CALLS, rounds=ROUNDS):

@@ -62,6 +62,7 @@ TOL = 1e-2
 # (2 GEMV, 4 mm) + the dequant route ~ 2 => ~50 kernels ~ 75 s; timing ~200 do_bench
 # calls x ~0.15 s = 30 s; data, prepacking, references ~10 s
 ESTIMATE_S = 115
+COMPILE_S = 60  # the package-kernel compiles in ESTIMATE_S: what bench/precompile.py takes off the run (plan_kernels lists them)
 
 
 # --- problems and baselines -----------------------------------------------------------------
@@ -136,6 +137,41 @@ def _candidates(M, K, N, nbit, level=1, sms=132):
             out += [v(num_warps=8), v(bk=256, bn=64), v(bk=64, bn=64, split=2 * s, num_stages=3), v(reduce=2),
                     v(split=4 * s)]
     return _uniq(out)
+
+
+# --- kernels a run will compile (bench/precompile.py) ------------------------------------------
+
+def meta_kernels(target, M, K, N, nbit, groups, group_size, cfg=None, unpack=None, layout=None,
+                 dtype=torch.float16):
+    """The kernels ``kernels.linear.linear`` launches for this call on ``target``, planned
+    on meta tensors of the call's shapes (what the bench's real tensors give: 16-byte
+    aligned, contiguous). ``groups`` 0: per-channel ``[N]`` scale/shift."""
+    meta = lambda shape, dt: torch.empty(shape, dtype=dt, device="meta")  # noqa: E731
+    x = meta((M, K), dtype)
+    qw = meta(layout.shape(K, N) if layout is not None else (K // (32 // nbit), N), torch.int32)
+    s = meta((groups, N) if groups else (N,), dtype)
+    call, *_ = kl._prepare(x, qw, s, s, nbit, group_size, 0, False, cfg, unpack, layout, None)
+    return kl.plan(call, target).kernels
+
+
+def plan_kernels(target, linear_shapes=LINEAR_SHAPES, linear_m=LINEAR_M, linear_bf16_m=LINEAR_BF16_M,
+                 tune_m=TUNE_M):
+    """Every kernel :func:`run` may compile on ``target`` (the naive twin of every candidate)."""
+    lay = layouts.default_layout(target.arch, 4)
+    out = []
+    for M, K, N, dtype in _linear_cases(linear_shapes, linear_m, linear_bf16_m):
+        main, tune = _main_case(M, K, N, dtype, linear_shapes, tune_m)
+        cands = (_pp_candidates(M, K, N, lay, dtype, target.num_sms) if tune
+                 else [kl.prepacked_config(M, K, N, lay, dtype, target.num_sms)])
+        G = K // LINEAR_GROUP
+        for cfg in cands:
+            for unpack in (None, naive_unpack):
+                out += meta_kernels(target, M, K, N, 4, G, LINEAR_GROUP, cfg, unpack, lay, dtype)
+        if main:
+            out += meta_kernels(target, M, K, N, 4, G, LINEAR_GROUP)
+            if M >= 64:
+                out += meta_kernels(target, M, K, N, 4, G, LINEAR_GROUP, C("dequant"))
+    return out
 
 
 # --- the bench -----------------------------------------------------------------------------

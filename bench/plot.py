@@ -95,12 +95,13 @@ def main(src: str, dst: str) -> None:
         elif kind == "speedup":
             ax.axhline(1, color="black", lw=0.5)
         ax.set_title(bench + ("  (dashed: target)" if kind != "us" and any(target_of(bench, n, s) for n, s, _ in rows)
-                              else ""), fontsize=10)
+                              else ""), fontsize=10, loc="right")
         ax.legend(fontsize=7, ncol=len(impls), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
     title = f"{data['device']} | torch {data['torch']} | triton {data['triton']} | {data['date']}"
     ceil = _ceilings(data["records"])
     fig.suptitle(title + ("\n" + ceil if ceil else ""), fontsize=9)
-    fig.tight_layout()
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))  # room for the two-line title
     fig.savefig(dst, dpi=110)
     md = markdown(data["records"])
     with open(os.path.splitext(dst)[0] + ".md", "w") as f:

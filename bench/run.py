@@ -11,7 +11,10 @@ skipped when its estimate (``ESTIMATE_S`` of the module) would end it past S
 seconds; any module is skipped once S has passed; a module's optional parts
 (later shapes of gemv / linear) are skipped when the time left is what the
 modules after it are estimated to need (:func:`common.past_soft_deadline`).
-What is skipped is printed and listed in the JSON (``"skipped"``).
+What is skipped is printed and listed in the JSON (``"skipped"``). ``--jobs N``:
+first, N processes compile the package kernels of gemv / linear / host
+(bench/precompile.py; Triton's disk cache), nothing timed meanwhile; the
+modules' estimates then drop by their ``COMPILE_S``.
 
 Writes ``<out-dir>/<prefix>.json`` (benches ``MAIN``), ``<prefix>_layout.json`` and
 ``<prefix>_packing.json`` for the studies, rewritten after every module (a run
@@ -73,6 +76,10 @@ def main() -> int:
     p.add_argument("--only", default=",".join(MODULES), help="comma-separated bench modules")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (interpreter), no timing value")
     p.add_argument("--prefix", default="h200")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes that compile the package kernels of gemv / linear / host before the run "
+                        "(bench/precompile.py; default: CPU count - 2, at most 14, on a GPU; 0 in --dry-run; 0: off; "
+                        "in --dry-run N > 0 compiles the dry-run cases for sm_90, a test of the step)")
     p.add_argument("--budget-s", type=float, default=None,
                    help=f"time budget of the run in s (default {DEFAULT_BUDGET_S} on a GPU, none in --dry-run; "
                         f"0: none)")
@@ -118,6 +125,22 @@ def main() -> int:
         "triton": triton.__version__,
         "date": datetime.date.today().isoformat(),
     }
+    jobs = a.jobs if a.jobs is not None else (0 if a.dry_run else max(0, min(14, (os.cpu_count() or 2) - 2)))
+    if jobs > 0:
+        from precompile import precompile
+        from triton_dequant.kernels import _plan
+        # (in --dry-run: compiled for sm_90 on the CPU, a test of the step; the interpreter runs the kernels)
+        target = _plan.cuda_target(90, 132) if a.dry_run else _plan.target_of(torch.device("cuda"))
+        kwargs_of = {n: (getattr(mods[n], "DRY_RUN", {}) if a.dry_run else {}) for n in names}
+        print(f"== precompile (at {time.monotonic() - T_START:.0f} s)", flush=True)
+        try:
+            pc = meta["precompile"] = precompile(mods, kwargs_of, target, jobs)
+            if pc["kernels"] and pc["compiled"] >= 0.9 * pc["kernels"]:
+                for n in names:  # their compiles are done: the budget counts the rest
+                    est[n] -= getattr(mods[n], "COMPILE_S", 0)
+                print("estimates after precompile: " + ", ".join(f"{n} ~{est[n]} s" for n in names), flush=True)
+        except Exception:  # the run compiles everything itself then
+            traceback.print_exc()
     failures, skipped, module_s = [], [], {}
     for i, name in enumerate(names):
         now = time.monotonic()
