@@ -50,6 +50,7 @@ TOL = 1e-2
 # at 5 (K, N) shapes (qkv-like, o, gate/up, down, lm_head: split-K differs) and the plain GEMV / mm at
 # the same ~5, ~20 x ~1 s; 2 batches x 3 models x 2 rounds of graph replays ~3 s
 ESTIMATE_S = 40
+COMPILE_S = 18  # the package-kernel compiles in ESTIMATE_S (plan_kernels lists them for bench/precompile.py)
 
 
 def _layouts(model) -> str:
@@ -69,6 +70,24 @@ def _models(config, device, dtype, layout):
         if isinstance(m, QuantizedLinear):
             m.to_layout("plain")
     return {"fp16": fp, "ours": q, "ours-plain": plain}
+
+
+def plan_kernels(target, layers=4, batches=(1, 16), cache_len=512, config=None, name=None, layout="auto"):
+    """The ``linear`` kernels of the quantized models' steps on ``target`` (bench/precompile.py):
+    every projection's (K, N) at M = batch, prepacked (the layout "auto" picks on a GPU) and plain."""
+    from triton_dequant import layouts
+    from linear import meta_kernels
+    c = config or dataclasses.replace(_decoder.LLAMA3_8B, layers=layers)
+    kv = c.kv_heads * c.head_dim
+    shapes = {(c.hidden, c.hidden), (c.hidden, kv), (c.hidden, c.intermediate), (c.intermediate, c.hidden),
+              (c.hidden, c.vocab)}
+    lay = layouts.default_layout(target.arch, NBIT)
+    out = []
+    for batch in batches:
+        for K, N in sorted(shapes):
+            out += meta_kernels(target, batch, K, N, NBIT, K // GROUP, GROUP)
+            out += meta_kernels(target, batch, K, N, NBIT, K // GROUP, GROUP, layout=lay)
+    return out
 
 
 def run(time_us, record, device="cuda", layers=4, batches=(1, 16), cache_len=512, config=None, name=None,
