@@ -30,25 +30,28 @@ def _path():
             sys.path.insert(0, p)
 
 
-def kernels(name: str, target, kwargs: dict) -> list:
-    """The unique kernels of module ``name`` (in a fixed order: the same in every process)."""
+def kernels(name: str, target, dry: bool = False) -> list:
+    """The unique kernels of module ``name`` (in a fixed order: the same in every process)
+    for its real run (``dry``: for its ``DRY_RUN`` arguments)."""
     _path()
     mod = importlib.import_module(name)
     seen, out = set(), []
-    for k in mod.plan_kernels(target, **kwargs):
+    for k in mod.plan_kernels(target, **(getattr(mod, "DRY_RUN", {}) if dry else {})):
         if k.key not in seen:
             seen.add(k.key)
             out.append(k)
     return out
 
 
-def _work(name: str, target: tuple, kwargs: dict, indices: list) -> tuple:
-    """(compiled, [errors], seconds) for kernels ``indices`` of module ``name``."""
+def _work(name: str, target: tuple, dry: bool, indices: list) -> tuple:
+    """(compiled, [errors], seconds) for kernels ``indices`` of module ``name`` (the
+    arguments are plain values: unpickling them imports nothing before the
+    interpreter switch is off)."""
     os.environ.pop("TRITON_INTERPRET", None)
     _path()
     from triton_dequant.kernels import _plan
     t0 = time.time()
-    ks = kernels(name, _plan.Target(*target), kwargs)
+    ks = kernels(name, _plan.Target(*target), dry)
     done, errors = 0, []
     for i in indices:
         try:
@@ -59,9 +62,10 @@ def _work(name: str, target: tuple, kwargs: dict, indices: list) -> tuple:
     return done, errors, time.time() - t0
 
 
-def precompile(mods: dict, kwargs_of: dict, target, jobs: int, timeout_s: float = 240.0, log=print) -> dict:
+def precompile(mods: dict, dry: bool, target, jobs: int, timeout_s: float = 240.0, log=print) -> dict:
     """Compile the kernels of every module in ``mods`` with ``plan_kernels`` on ``jobs``
-    processes; returns {"kernels", "compiled", "errors", "seconds"}."""
+    processes (``dry``: of their ``DRY_RUN`` cases); returns {"kernels", "compiled",
+    "errors", "seconds"}."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
@@ -70,7 +74,7 @@ def precompile(mods: dict, kwargs_of: dict, target, jobs: int, timeout_s: float 
     for name, mod in mods.items():
         if not hasattr(mod, "plan_kernels"):
             continue
-        n = len(kernels(name, target, kwargs_of.get(name, {})))
+        n = len(kernels(name, target, dry))
         log(f"  precompile: {name}: {n} kernels")
         tasks += [(name, i) for i in range(n)]
     res = {"kernels": len(tasks), "compiled": 0, "errors": [], "seconds": 0.0}
@@ -86,7 +90,7 @@ def precompile(mods: dict, kwargs_of: dict, target, jobs: int, timeout_s: float 
         for j in range(0, len(idx), chunk):
             work.append((name, idx[j:j + chunk]))
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-    futs = [pool.submit(_work, name, tuple(target), kwargs_of.get(name, {}), idx) for name, idx in work]
+    futs = [pool.submit(_work, name, tuple(target), dry, idx) for name, idx in work]
     try:
         for f in cf.as_completed(futs, timeout=timeout_s):
             try:

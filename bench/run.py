@@ -131,10 +131,9 @@ def main() -> int:
         from triton_dequant.kernels import _plan
         # (in --dry-run: compiled for sm_90 on the CPU, a test of the step; the interpreter runs the kernels)
         target = _plan.cuda_target(90, 132) if a.dry_run else _plan.target_of(torch.device("cuda"))
-        kwargs_of = {n: (getattr(mods[n], "DRY_RUN", {}) if a.dry_run else {}) for n in names}
         print(f"== precompile (at {time.monotonic() - T_START:.0f} s)", flush=True)
         try:
-            pc = meta["precompile"] = precompile(mods, kwargs_of, target, jobs)
+            pc = meta["precompile"] = precompile(mods, a.dry_run, target, jobs)
             if pc["kernels"] and pc["compiled"] >= 0.9 * pc["kernels"]:
                 for n in names:  # their compiles are done: the budget counts the rest
                     est[n] -= getattr(mods[n], "COMPILE_S", 0)
