@@ -420,6 +420,14 @@ REGRESSIONS = [
     for m in (1, 4) for arch in (80, 90)
 ]
 
+# plans that once needed more shared memory than the SM has (8-bit codes in 8-bit
+# containers, 3 pipelined stages at bm >= 64: 294912 B on sm_90), always in the sweep
+SHARED_REGRESSIONS = [
+    ("linear", dict(container=c, nbit=8, signed=False, dtype="fp16", scale_dtype="fp16", scale=sc, M=m,
+                    packed_dim=0, shape="even", arch=arch))
+    for c in ("uint8", "int8") for sc, m in (("group_rows", 128), ("group", 64)) for arch in (80, 90)
+]
+
 
 # launch options only a config override selects (kernels.linear.Config), each once
 # per architecture: fp32 atomics for split-K, fp32 products for fp16 x, the register
@@ -437,7 +445,7 @@ CONFIG_CASES = [
 def sweep_cases(ops=SWEEP_OPS, full: bool = False, strength: int = 2, seed: int = 0) -> list:
     """``(op, case)`` for every case of the sweep: the product of each op's axes
     (``full``) or a covering array of them of the given ``strength`` (2: pairwise),
-    plus :data:`REGRESSIONS` (calls that once failed) and :data:`CONFIG_CASES`
+    plus :data:`REGRESSIONS` and :data:`SHARED_REGRESSIONS` (calls that once failed) and :data:`CONFIG_CASES`
     (launch options that only a config override selects)."""
     out = []
     for op in ops:
@@ -447,7 +455,7 @@ def sweep_cases(ops=SWEEP_OPS, full: bool = False, strength: int = 2, seed: int 
         else:
             rows = covering_array(axes, strength, seed)
         out += [(op, r) for r in rows]
-    return out + [(op, r) for op, r in REGRESSIONS + CONFIG_CASES if op in ops]
+    return out + [(op, r) for op, r in REGRESSIONS + SHARED_REGRESSIONS + CONFIG_CASES if op in ops]
 
 
 def unique_kernels(cases) -> tuple:
@@ -464,6 +472,17 @@ def unique_kernels(cases) -> tuple:
     return list(seen.values()), total
 
 
+def split_k_contract(kernel, ptx: str) -> None:
+    """A split-K linear kernel fences every thread's partial (``fence.acq_rel.gpu``)
+    before the one-thread release of its tile counter (see ``kernels/linear/_common.py``)."""
+    if kernel.constexprs.get("SPLIT", 1) <= 1 or "REDUCE" not in kernel.constexprs:
+        return
+    fence, counter = ptx.find("fence.acq_rel.gpu"), ptx.find("atom.global.gpu.acq_rel.add")
+    if counter < 0 or not 0 <= fence < counter:
+        raise RuntimeError(f"{kernel.name}: split-K partials not fenced before the tile counter "
+                           f"(fence at {fence}, counter at {counter} in the PTX)")
+
+
 def _compile_one(item) -> tuple:
     """Worker: compile one kernel of a sweep case; ``(ok, seconds, message)``."""
     op, case, i, _ = item
@@ -474,6 +493,7 @@ def _compile_one(item) -> tuple:
         ck = _plan.compile_kernel(plan.kernels[i], target)
         if not ck.asm.get("cubin"):
             raise RuntimeError("no cubin")
+        split_k_contract(plan.kernels[i], ck.asm["ptx"])
         return True, time.perf_counter() - t0, ""
     except Exception as e:  # reported, not raised: the sweep lists every failure
         return False, time.perf_counter() - t0, f"{type(e).__name__}: {str(e)[:2000]}"

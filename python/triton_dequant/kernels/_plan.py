@@ -53,6 +53,11 @@ _DEFAULT_SMS = {80: 108, 86: 84, 89: 142, 90: 132}
 
 # --- targets ------------------------------------------------------------------------------
 
+# shared memory per block with the opt-in (bytes; CUDA C Programming Guide, "Technical
+# Specifications per Compute Capability"): the most a kernel may use per compute capability
+MAX_SHARED = {70: 98304, 75: 65536, 80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+
+
 class Target(NamedTuple):
     """What a plan may depend on besides the call: ``arch`` is the compute
     capability (90 = sm_90; 0 = Triton's interpreter), ``num_sms`` the SM count."""
@@ -301,14 +306,21 @@ def compile_kernel(k: Kernel, target: Target):
     lowering_state()  # refresh the state before Triton hashes the kernel
     src = ASTSource(jit_function(k.fn), dict(k.signature), dict(k.constexprs), dict(k.attrs))
     try:
-        return triton.compile(src, target=GPUTarget("cuda", target.arch, 32),
-                              options={"num_warps": k.num_warps, "num_stages": k.num_stages})
+        ck = triton.compile(src, target=GPUTarget("cuda", target.arch, 32),
+                            options={"num_warps": k.num_warps, "num_stages": k.num_stages})
     except RuntimeError as e:
         if "InterpretedFunction" in str(e):
             raise RuntimeError(f"{k.name} calls @triton.jit functions that TRITON_INTERPRET=1 turned into "
                                f"interpreter objects: compile in a process without TRITON_INTERPRET "
                                f"(python -m triton_dequant.inspect does)") from e
         raise
+    # the driver refuses a kernel past the SM's shared memory only when it loads it
+    # (on a GPU): check here, so that a CPU compile of a plan catches it too
+    limit = MAX_SHARED.get(target.arch)
+    if limit is not None and ck.metadata.shared > limit:
+        raise ValueError(f"{k.name} needs {ck.metadata.shared} bytes of shared memory, sm_{target.arch} has "
+                         f"{limit} (num_warps={k.num_warps}, constexprs {dict(k.constexprs)})")
+    return ck
 
 
 # --- lowering state -----------------------------------------------------------------------

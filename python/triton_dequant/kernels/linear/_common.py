@@ -101,7 +101,7 @@ def _bias(b_ptr, n, N, EVEN_N: tl.constexpr):
 def epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
              BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
              SCALE: tl.constexpr, REDUCE: tl.constexpr, EVEN_N: tl.constexpr, HAS_BIAS: tl.constexpr,
-             DST: tl.constexpr):
+             DST: tl.constexpr, FENCE: tl.constexpr):
     """``part``: [BM, BN] fp32 partial of this CTA's K slice; ``xs``: [BM] sum of
     ``x`` over the slice (``SCALE_POST``). Writes ``y = sum + bias`` (``HAS_BIAS``:
     ``b_ptr`` [N], added in fp32 once, before the one rounding to ``DST``), once
@@ -136,7 +136,15 @@ def epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n
         else:  # fp32 sums [tiles, BM, BN], zero between calls
             ws_tile = ws_ptr + tile.to(tl.int64) * (BM * BN)
             tl.atomic_add(ws_tile + offs, part, sem="relaxed", scope="gpu")
-        tl.debug_barrier()  # every thread's partial precedes the release below
+        # The counter's release below is one thread's: it orders that thread's own
+        # writes, and bar.sync does not wait for the other warps' stores and red.adds to
+        # reach L2. So every thread fences its partial first (fence.acq_rel.gpu, the
+        # __threadfence() of CUDA's threadFenceReduction sample); without it the H200 ran
+        # the last CTA's sum before other slices' red.adds landed (relative error 0.4-0.6
+        # for the tensor-core kernels' REDUCE_ATOMIC, bench/results/h200_sanitizer.log).
+        if FENCE:
+            _fence_gpu(tile)
+        tl.debug_barrier()
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT - 1:
             if REDUCE == REDUCE_PARTIALS:  # one [BM, BN] partial at a time (registers), fixed order
@@ -150,6 +158,14 @@ def epilogue(part, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n
                 tot = tot + _bias(b_ptr, n, N, EVEN_N)
             tl.store(y_ptrs, tot.to(DST), mask=y_mask)
             tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _fence_gpu(v):
+    """``fence.acq_rel.gpu`` in every thread (``v``: any scalar, a data dependency
+    that keeps the asm in place; compiled kernels only: the interpreter has no asm)."""
+    tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.b32 $0, $1;", "=r,r", [v], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit

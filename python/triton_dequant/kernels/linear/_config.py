@@ -118,8 +118,14 @@ def default_config(M: int, K: int, N: int, nbit: int, width: int, packed_dim: in
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     k_tiles = triton.cdiv(K, bk)
     split = max(1, min(_pow2_floor(2 * sms // tiles), k_tiles, 16)) if tiles < 2 * sms else 1
+    stages = 3 if M > 16 else 2
+    if per == 1 and bm >= 64:
+        # 8-bit codes in 8-bit containers: 3 stages of [BK, BN] byte tiles (and their
+        # conversions) took 294912 B of shared memory at bm 128 on sm_90 (245760 at bm
+        # 64), past its 232448 (inspect linear --nbit 8 --container uint8 --M 100)
+        stages = 2
     return Config("mm", bm=bm, bk=bk, bn=bn, split=split, num_warps=8 if bm >= 128 else 4,
-                  num_stages=3 if M > 16 else 2, post=True, dot16=False, reduce=1)
+                  num_stages=stages, post=True, dot16=False, reduce=1)
 
 
 def prepacked_config(M: int, K: int, N: int, layout, dtype: torch.dtype, sms: int = 132) -> Config:

@@ -80,4 +80,5 @@ def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
             xacc += xv.to(tl.float32)
     xs = tl.sum(xacc, axis=1)
     epilogue(acc, xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N, stride_ym,
-             BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)
+             BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST,
+             ITERS == 0)  # compiled (not interpreted): fence the split-K partials

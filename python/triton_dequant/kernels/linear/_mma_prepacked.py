@@ -160,4 +160,5 @@ def mma_prepacked_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_p
     else:
         xs = tl.zeros([BM], dtype=tl.float32)
     epilogue(tl.trans(acc), xs, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_m, pid_n, pid_k, n_tiles, M, N,
-             stride_ym, BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST)
+             stride_ym, BM, BN, SPLIT, SCALE, REDUCE, EVEN_N, HAS_BIAS, DST,
+             ITERS == 0)  # compiled (not interpreted): fence the split-K partials
