@@ -9,24 +9,24 @@ attention reads all of it), batch 1 and 16.
 
 Implementations:
 * ours: ``quantize_model(model, 4, 128)`` on the device, so with the layout
-  ``layout="auto"`` picks there (``triton_dequant.model.auto_layout``: the
-  prepacked tensor-core layout on a GPU of compute capability >= 8.0): every
+  ``layout="auto"`` picks there (``triton_dequant.model.auto_layout``: plain, the
+  GEMV at batch 1, as this bench measured on the H200): every
   ``nn.Linear`` (the 7 per layer and lm_head, as torchao's ``quantize_`` does by
   default);
-* ours-plain: the same codes in the plain layout (``to_layout("plain")``; its
-  decode kernel is the GEMV), so that one run compares the two layouts end to
-  end (the auto rule follows this comparison at batch 1);
+* ours-prepacked: the same codes in the prepacked tensor-core layout of the device
+  (``to_layout("mma_sm90")`` / ``"mma_sm80"``), so that one run compares the two
+  layouts end to end (the auto rule follows this comparison at batch 1);
 * fp16: the same model with every ``nn.Linear`` weight set to the quantized
   layer's ``dequantized_weight()`` (the shapes and cost of the original fp16
   model; the reference ours is checked against).
 
-Every step starts from the same random KV cache; ours' and ours-plain's logits are
+Every step starts from the same random KV cache; ours' and ours-prepacked's logits are
 checked against fp16's (relative error <= 1e-2, norm) before anything is timed. Timed as CUDA-graph
 replays of one step (``time_us(fn, graph=True)``: device time, no Python), L2
 flushed, interleaved twice (``common.time_all``).
 
 Records: bench ``"decode"``, nbit 4, shape ``"model=llama3-8b-4L,kv=512,batch=B"``,
-impl ``"fp16"`` / ``"ours"`` / ``"ours-plain"``, ``us`` per step (= per generated
+impl ``"fp16"`` / ``"ours"`` / ``"ours-prepacked"``, ``us`` per step (= per generated
 token of every sequence), extra ``tokens_per_s`` (batch / step time),
 ``weight_bytes`` (the linear layers' weights as stored), ``rel_err`` (logits vs
 fp16) and ``layout`` (the quantized layers' layout; "fp16" for fp16).
@@ -58,18 +58,21 @@ def _layouts(model) -> str:
 
 
 def _models(config, device, dtype, layout):
-    """{impl: model}: fp16 (the dequantized twin), ours (``layout``), ours-plain (the same codes, plain)."""
+    """{impl: model}: fp16 (the dequantized twin), ours (``layout``), ours-prepacked (the same
+    codes in the device's prepacked tensor-core layout)."""
     with torch.device(device):
         fp = _decoder.Decoder(config).to(dtype).init_random(0).eval()
     q = quantize_model(copy.deepcopy(fp), NBIT, GROUP, layout=layout)
     for name, m in q.named_modules():  # fp becomes the dequantized twin, in place
         if isinstance(m, QuantizedLinear):
             fp.get_submodule(name).weight.data = m.dequantized_weight(dtype)
-    plain = copy.deepcopy(q)
-    for m in plain.modules():
+    dev = torch.device(device)
+    arch = "sm80" if dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (9, 0) else "sm90"
+    prepacked = copy.deepcopy(q)
+    for m in prepacked.modules():
         if isinstance(m, QuantizedLinear):
-            m.to_layout("plain")
-    return {"fp16": fp, "ours": q, "ours-plain": plain}
+            m.to_layout(f"mma_{arch}")
+    return {"fp16": fp, "ours": q, "ours-prepacked": prepacked}
 
 
 def plan_kernels(target, layers=4, batches=(1, 16), cache_len=512, config=None, name=None, layout="auto"):
@@ -141,4 +144,4 @@ def run(time_us, record, device="cuda", layers=4, batches=(1, 16), cache_len=512
 
 
 DRY_RUN = {"config": _decoder.Config(vocab=512, hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2),
-           "name": "tiny", "batches": (1, 2), "cache_len": 16, "layout": "mma_sm90"}
+           "name": "tiny", "batches": (1, 2), "cache_len": 16}

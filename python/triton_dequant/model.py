@@ -175,28 +175,14 @@ def auto_layout(nbit: int, group_size: Optional[int], device) -> str:
     """The layout ``layout="auto"`` picks for ``nbit`` codes in groups of
     ``group_size`` rows of K (None: per channel) on ``device`` (None: the CPU).
 
-    The ONE place of the rule: on a CUDA GPU of compute capability >= 8.0, the
-    prepacked layout of its arch (:func:`triton_dequant.layouts.default_layout`:
-    ``sm90`` from 9.0 on, else ``sm80``) if nbit is 2, 4 or 8 and the group size
-    fits it (a multiple or a divisor of its K tile); else ``"plain"``. Why: the
-    prepacked kernel serves every M (at M > 4 the tensor cores read the weights
-    without a shared-memory round trip; the plain layout's tensor-core path has
-    one); at M <= 4 the plain layout's GEMV is the alternative, and whichever
-    is faster at M = 1 on the H200 (``bench/decode.py``: ``"ours"`` vs
-    ``"ours-plain"``) decides this rule."""
-    dev = torch.device("cpu" if device is None else device)
-    if dev.type != "cuda" or nbit not in layouts.NBITS:
-        return "plain"
-    cap = torch.cuda.get_device_capability(dev)
-    if tuple(cap) < (8, 0):
-        return "plain"
-    lay = layouts.default_layout(tuple(cap), nbit)
-    if group_size is not None:
-        try:
-            lay.check_group_size(group_size)
-        except ValueError:
-            return "plain"
-    return lay.name
+    The ONE place of the rule, decided by decode at M = 1 on the H200
+    (``bench/decode.py``, ``bench/results/h200.json``: 4 Llama-3-8B layers, int4 g128,
+    batch 1, CUDA graphs): ``"plain"`` -- its GEMV took 837 us per token, the
+    prepacked tensor-core kernel 1123 us (fp16 ``nn.Linear``: 1178 us). At batch 16
+    the prepacked layout won (1295 us against 2128 us): pass ``layout="mma_sm90"`` /
+    ``"mma_sm80"`` for batched serving or prefill. Every device gets ``"plain"``
+    (the arguments are the rule's inputs should the figures change)."""
+    return "plain"
 
 
 def _check_int(v, name: str, lo: int = 0) -> int:

@@ -77,3 +77,31 @@ def test_embedding_bag_matches_cpu(idx_dtype, include_last_offset):
         got = ops.embedding_bag(rows.cuda(), indices.cuda(), offsets.cuda(), nbit, mode=mode,
                                 include_last_offset=include_last_offset)
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M,K,N", [(128, 8192, 28672), (128, 8192, 8192), (256, 1024, 28672)])
+@pytest.mark.parametrize("reduce", [None, 2])
+def test_prepacked_large_tiles_and_split_k_atomics(M, K, N, reduce):
+    """The prepacked kernel at the shapes where the H200 gave NaN (bm 128 on 8 warps
+    without split-K, now planned as bm 64) and the split-K fp32 atomics that summed
+    before every slice's red.add had landed (fixed by a per-thread fence): finite and
+    right against the float64 reference, every output row."""
+    from triton_dequant.kernels import linear as kl
+    gen = torch.Generator().manual_seed(M + N)
+    codes = torch.randint(0, 16, (K, N), generator=gen, dtype=torch.int32)
+    qw = packing.pack(codes, 4, dim=0)
+    s = (torch.rand(K // 128, N, generator=gen) * 0.02 + 0.005).half()
+    h = (-8 * s.float() + 0.01 * torch.randn(K // 128, N, generator=gen)).half()
+    lay = layouts.default_layout(torch.cuda.get_device_capability(), 4)
+    x = torch.randn(M, K, generator=gen).half()
+    want = x.double() @ ref.linear_weight(qw, s, h, 4, dtype=torch.float16, group_size=128).double()
+    cfg = None
+    if reduce is not None:
+        d = kl.prepacked_config(M, K, N, lay, torch.float16)
+        cfg = kl.Config("prepacked", bm=min(d.bm, 64), bk=lay.bk, bn=lay.bn, split=4, num_warps=lay.num_warps,
+                        num_stages=d.num_stages, reduce=reduce)
+    y = kl.linear(x.cuda(), layouts.prepack(qw, 4, lay).cuda(), s.cuda(), h.cuda(), 4, 128, 0, False,
+                  config=cfg, layout=lay).cpu()
+    assert torch.isfinite(y).all()
+    err = (y.double() - want).norm(dim=1) / want.norm(dim=1)
+    assert err.max().item() < 1e-2

@@ -168,8 +168,9 @@ def test_decode_bench_smoke():
     recs = []
     c, _ = _tiny_decoder()
     decode.run(time_us, lambda **r: recs.append(r), device=DEVICE, **{**decode.DRY_RUN, "config": c, "batches": (2,)})
+    DRY_LAYOUT = decode.DRY_RUN.get("layout", "plain")  # noqa: N806
     assert {(r["impl"], r["shape"]) for r in recs} == {(impl, "model=tiny,kv=16,batch=2")
-                                                       for impl in ("fp16", "ours", "ours-plain")}
+                                                       for impl in ("fp16", "ours", "ours-prepacked")}
     assert all(r["bench"] == "decode" and r["us"] > 0 and r["rel_err"] <= 1e-2 for r in recs)
     lays = {r["impl"]: r["layout"] for r in recs}
-    assert lays == {"fp16": "fp16", "ours": "mma_sm90_4b_n128k64w4", "ours-plain": "plain"}
+    assert lays == {"fp16": "fp16", "ours": DRY_LAYOUT, "ours-prepacked": "mma_sm90_4b_n128k64w4"}

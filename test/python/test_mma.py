@@ -126,6 +126,8 @@ def test_prepacked_config_table():
     assert (c.bm, c.num_warps) == (128, 8)
     assert kl.prepacked_config(100, 8192, 8192, L80[4], F16).bm == 32  # sm80: bm <= 32
     assert kl.prepacked_config(256, 8192, 28672, L, F16).split == 1
+    # no bm 128 / 8 warps without split-K (NaN on the H200 at M=128, N=28672)
+    assert (lambda c: (c.bm, c.num_warps, c.split))(kl.prepacked_config(128, 8192, 28672, L, F16)) == (64, 4, 1)
     with pytest.raises(ValueError, match="layout"):
         kl.linear(torch.zeros(2, 64, dtype=F16), torch.zeros(1, 1, 1024, dtype=torch.int32),
                   torch.ones(128, dtype=F16), torch.zeros(128, dtype=F16), 4, 64, 0, False,

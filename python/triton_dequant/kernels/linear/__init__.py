@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 import torch
 import triton
 
-from ... import layouts
+from ... import formats, layouts
 from .. import _plan
 from . import _common
 from ._common import SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
@@ -44,7 +44,7 @@ from ._mma_prepacked import mma_prepacked_kernel
 __all__ = ["Config", "LinearCall", "LinearPlan", "default_config", "prepacked_config", "gemv_supported", "linear",
            "plan", "DEQUANT_MIN_M"]
 
-CONTAINER_BITS = {torch.int8: 8, torch.uint8: 8, torch.int16: 16, torch.uint16: 16, torch.int32: 32, torch.uint32: 32}
+CONTAINER_BITS = formats.CONTAINER_BITS
 
 
 _BUFFERS: dict = {}

@@ -49,18 +49,19 @@ def unpack(w, s, h, NBIT: tl.constexpr, PER: tl.constexpr, DST: tl.constexpr, SI
 
 
 @triton.jit
-def group_scales(s_ptr, h_ptr, s_t, h_t, k_first, k_rows, row_mask, n, N, group_size, SCALE: tl.constexpr):
+def group_scales(s_ptr, h_ptr, s_t, h_t, k_first, k_rows, row_mask, n, N, K, group_size, SCALE: tl.constexpr):
     """Scale and shift for one K tile, as ``[1, BN]`` or ``[R, BN]`` tensors.
 
     ``SCALE_GROUP``: the group of ``k_first`` (the tile's first K index) for the whole
     tile; ``SCALE_GROUP_ROWS``: the group of each tile row, ``k_rows`` ([R], the first
-    K index of each row; ``row_mask`` [R] masks rows past K); otherwise the
+    K index of each row; ``row_mask`` [R] masks rows past K; ``K``: the codes along K,
+    so a split's tail tile past K reads no scale row past the last); otherwise the
     per-channel ``s_t``/``h_t`` the caller loaded before the loop (or 0.0 with
     ``SCALE_POST``). ``s``/``h`` are ``[groups, N]`` row-major."""
     if SCALE == SCALE_GROUP:
         g = (k_first // group_size).to(tl.int64)
-        s = tl.load(s_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
-        h = tl.load(h_ptr + g * N + n, mask=n < N, other=0.0)[None, :]
+        s = tl.load(s_ptr + g * N + n, mask=(n < N) & (k_first < K), other=0.0)[None, :]
+        h = tl.load(h_ptr + g * N + n, mask=(n < N) & (k_first < K), other=0.0)[None, :]
     elif SCALE == SCALE_GROUP_ROWS:
         g = (k_rows // group_size).to(tl.int64)
         gmask = row_mask[:, None] & (n < N)[None, :]

@@ -244,7 +244,7 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                            mask=(kw < KR)[:, None, None] & (n < N)[None, None, :], other=0,
                            eviction_policy="evict_first")
             # fresh names in the loop: a loop-carried value must keep its type
-            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, r0 * PER, kw * PER, kw < KR, n, N, group_size, SCALE)
+            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, r0 * PER, kw * PER, kw < KR, n, N, K, group_size, SCALE)
             q = UNPACK(w, s_l[:, None, :], h_l[:, None, :], NBIT, PER, DST, SIGNED, AFFINE)  # [BKR, PER, BN]
             qs = split_codes(tl.permute(q, [0, 2, 1]), PER)
             kmask = kw < KR
@@ -271,7 +271,7 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                 w = tl.load(w_ptrs, mask=(k < K)[:, None] & (nw < NW)[None, :], other=0,
                            eviction_policy="evict_first")
-            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, r0, k, k < K, n, N, group_size, SCALE)
+            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, r0, k, k < K, n, N, K, group_size, SCALE)
             q = UNPACK(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE).to(tl.float32)  # [BKR, BN]
             kmask = k < K
             xv = tl.load(x_ptr + m0.to(tl.int64) * stride_xm + k, mask=kmask & (m0 < M), other=0.0)

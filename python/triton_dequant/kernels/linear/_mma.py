@@ -60,7 +60,7 @@ def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                w = tl.load(w_ptrs, mask=(kw < KW)[:, None, None] & (n < N)[None, None, :], other=0,
                            eviction_policy="evict_first")
             # fresh names in the loop: a loop-carried value must keep its type
-            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, k0, kw * PER, kw < KW, n, N, group_size, SCALE)
+            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, k0, kw * PER, kw < KW, n, N, K, group_size, SCALE)
             q = UNPACK(w, s_l[:, None, :], h_l[:, None, :], NBIT, PER, DST, SIGNED, AFFINE)  # [BKW, PER, BN]
             q = tl.reshape(q, [BK, BN])
         else:
@@ -70,7 +70,7 @@ def mm_kernel(x_ptr, w_ptr, s_ptr, h_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                w = tl.load(w_ptrs, mask=(k < K)[:, None] & (nw < NW)[None, :], other=0,
                            eviction_policy="evict_first")
-            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, k0, k, k < K, n, N, group_size, SCALE)
+            s_l, h_l = group_scales(s_ptr, h_ptr, s_t, h_t, k0, k, k < K, n, N, K, group_size, SCALE)
             q = UNPACK(w, s_l, h_l, NBIT, PER, DST, SIGNED, AFFINE)  # [BK, BN]
         if ASM or DST == tl.float16:
             acc = tl.dot(xv, q, acc)
