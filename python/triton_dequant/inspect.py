@@ -426,6 +426,14 @@ SHARED_REGRESSIONS = [
     ("linear", dict(container=c, nbit=8, signed=False, dtype="fp16", scale_dtype="fp16", scale=sc, M=m,
                     packed_dim=0, shape="even", arch=arch))
     for c in ("uint8", "int8") for sc, m in (("group_rows", 128), ("group", 64)) for arch in (80, 90)
+] + [
+    ("linear", dict(container="uint8", nbit=nb, signed=False, dtype=dt, scale_dtype="fp32", scale="group_rows",
+                    M=m, packed_dim=0, shape="even", arch=arch))
+    for nb in (8, 4) for dt in ("fp16", "bf16") for m in (64, 128) for arch in (80, 90)
+] + [
+    ("linear", dict(container=c, nbit=nb, signed=False, dtype="fp16", scale_dtype="fp32", scale="group_rows",
+                    M=m, packed_dim=0, shape="even", arch=arch))
+    for c, nb in (("int16", 4), ("int32", 8), ("int32", 4)) for m in (64, 128) for arch in (80, 90)
 ]
 
 

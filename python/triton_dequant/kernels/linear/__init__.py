@@ -25,7 +25,7 @@ stream are ordered; calls on different streams get different buffers.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional
 
 import torch
@@ -35,8 +35,8 @@ from ... import formats, layouts
 from .. import _plan
 from . import _common
 from ._common import SCALE_GROUP, SCALE_GROUP_ROWS, SCALE_POST
-from ._config import (DEQUANT_MIN_M, Config, check_config, default_config, gemv_supported, prepacked_config,
-                      scale_mode, xshift)
+from ._config import (DEQUANT_MIN_M, Config, check_config, default_config, gemv_supported, mm_stages,
+                      prepacked_config, scale_mode, xshift)
 from ._gemv import DOT_F16X2, DOT_F16X2_PORTABLE, DOT_F32, gemv_kernel
 from ._mma import mm_kernel
 from ._mma_prepacked import mma_prepacked_kernel
@@ -153,6 +153,8 @@ def plan(call: LinearCall, target: _plan.Target) -> LinearPlan:
     n_tiles = triton.cdiv(N, bn)
     m_tiles = triton.cdiv(M, bm)
     mode = scale_mode(cfg.post, c.groups, group_size, k_span)
+    if c.config is None and cfg.kernel == "mm":
+        cfg = replace(cfg, num_stages=mm_stages(cfg, width, per, mode == SCALE_GROUP_ROWS.value))
     has_bias = c.bias_dtype is not None
     kw = dict(NBIT=c.nbit, SIGNED=bool(c.signed), BM=bm, BN=bn, SPLIT=split, SCALE=mode, REDUCE=cfg.reduce,
               EVEN_K=rows % cfg.bk == 0 and split * iters == k_tiles, EVEN_N=N % bn == 0,

@@ -118,14 +118,28 @@ def default_config(M: int, K: int, N: int, nbit: int, width: int, packed_dim: in
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     k_tiles = triton.cdiv(K, bk)
     split = max(1, min(_pow2_floor(2 * sms // tiles), k_tiles, 16)) if tiles < 2 * sms else 1
-    stages = 3 if M > 16 else 2
-    if per == 1 and bm >= 64:
-        # 8-bit codes in 8-bit containers: 3 stages of [BK, BN] byte tiles (and their
-        # conversions) took 294912 B of shared memory at bm 128 on sm_90 (245760 at bm
-        # 64), past its 232448 (inspect linear --nbit 8 --container uint8 --M 100)
-        stages = 2
     return Config("mm", bm=bm, bk=bk, bn=bn, split=split, num_warps=8 if bm >= 128 else 4,
-                  num_stages=stages, post=True, dot16=False, reduce=1)
+                  num_stages=3 if M > 16 else 2, post=True, dot16=False, reduce=1)
+
+
+def mm_stages(cfg: Config, width: int, per: int, row_scales: bool) -> int:
+    """The pipeline depth of the default ``mm`` config that fits the SM's shared memory
+    (sm_90: 232448 B; the compile step refuses more, see ``kernels/_plan.py``). Each stage
+    holds the x tile, the container tile and, with one scale row per K row
+    (``row_scales``: SCALE_GROUP_ROWS), [BK, BN] scale and shift tiles. Measured with
+    ``python -m triton_dequant.inspect linear --M 128 --K 4096 --N 4096 --nbit 8
+    --container uint8 --group-size 32 --arch 90``: 8-bit codes in 8-bit containers took
+    294912 B at 3 stages (bm 128; 245760 at bm 64), and with row scales 245760 B at 2
+    stages; 4-bit codes in bytes with row scales 278528 B at 3 stages (bm 128) and, on
+    sm_80 (166912 B), 180224 B at bm 64."""
+    stages = cfg.num_stages
+    if per == 1 and cfg.bm >= 64:
+        stages = min(stages, 2)
+    if row_scales and cfg.bm >= 64:
+        stages = min(stages, 2)
+    if row_scales and width == 8 and cfg.bm >= 128:
+        stages = 1
+    return stages
 
 
 def prepacked_config(M: int, K: int, N: int, layout, dtype: torch.dtype, sms: int = 132) -> Config:
