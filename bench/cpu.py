@@ -185,11 +185,14 @@ SECTIONS = {"linear": bench_linear, "embedding_bag": bench_embedding_bag, "dequa
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS) + [[]])
+    ap.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
     ap.add_argument("--reps", type=int, default=REPS)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (on a loaded machine, 1 avoids OpenMP barrier stalls)")
     args = ap.parse_args(argv)
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}: choose from {', '.join(SECTIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
