@@ -695,7 +695,12 @@ def main(argv=None) -> int:
     except (ValueError, TypeError) as e:  # a bad call description
         print(f"python -m triton_dequant.inspect {a.op}: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(inspect(a.op, dump=a.dump, modifiers=a.modifiers, **call), indent=1))
+    try:
+        res = inspect(a.op, dump=a.dump, modifiers=a.modifiers, **call)
+    except ValueError as e:  # the compile step refused the plan (e.g. past the SM's shared memory)
+        print(f"python -m triton_dequant.inspect {a.op}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(res, indent=1))
     return 0
 
 

@@ -170,3 +170,16 @@ def test_bad_descriptions():
         tdi.plan_of("matmul")
     with pytest.raises(ValueError, match="arch"):
         tdi.plan_of("linear", arch=7)
+
+
+def test_compile_refuses_past_shared_memory():
+    """A plan whose kernel needs more shared memory than the SM has fails at compile,
+    on the CPU, with one line naming the kernel and both sizes (on a GPU the driver
+    would refuse it only at load). The config forces the 3 stages the default plan
+    once took (294912 B on sm_90)."""
+    r = subprocess.run([sys.executable, "-m", "triton_dequant.inspect", "linear", "--M", "100", "--K", "8192",
+                        "--N", "8192", "--nbit", "8", "--container", "uint8", "--group-size", "8", "--config",
+                        "num_stages=3", "--arch", "90"], capture_output=True, text=True, env=_env(), timeout=900)
+    assert r.returncode == 1, r.stderr[-2000:]
+    line = r.stderr.strip()
+    assert "\n" not in line and "mm_kernel needs 294912 bytes of shared memory, sm_90 has 232448" in line
