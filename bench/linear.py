@@ -200,15 +200,15 @@ def _main_case(M, K, N, dtype, shapes, tune_m) -> tuple:
     return main, main and M in tune_m
 
 
-def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log, group_size=None):
-    """Check, then time every config once; -> [(us, cfg)] sorted. ``group_size``: K (per channel) if None."""
+def _rank(time_us, run, cfgs, want, log, what: str):
+    """Check, then time ``run(cfg)`` for every config once; -> [(us, cfg)] sorted.
+    A config the compiler rejects (resources) is skipped and logged."""
     res = []
-    gsize = group_size or K
     for cfg in cfgs:
-        fn = lambda cfg=cfg: kl.linear(x, qw, s, h, nbit, gsize, 0, False, config=cfg)
+        fn = lambda cfg=cfg: run(cfg)  # noqa: E731
         try:
             y = fn()
-        except Exception as e:  # a config the compiler rejects (resources): skip it, say so
+        except Exception as e:
             log(f"    skip {cfg.short()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         _check(f"ours {cfg.short()}", y, want)
@@ -216,8 +216,15 @@ def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log, group_size
         log(f"    {us:8.1f} us  {cfg.short()}")
         res.append((us, cfg))
     if not res:
-        raise RuntimeError(f"no config ran for M={M} K={K} N={N} nbit={nbit}")
+        raise RuntimeError(f"no config ran for {what}")
     return sorted(res, key=lambda t: t[0])
+
+
+def _sweep_case(time_us, M, K, N, nbit, x, qw, s, h, want, cfgs, log, group_size=None):
+    """:func:`_rank` of the plain-layout configs. ``group_size``: K (per channel) if None."""
+    gsize = group_size or K
+    return _rank(time_us, lambda cfg: kl.linear(x, qw, s, h, nbit, gsize, 0, False, config=cfg), cfgs, want, log,
+                 f"M={M} K={K} N={N} nbit={nbit}")
 
 
 # --- the "linear" bench: prepacked weights -------------------------------------------------------
@@ -277,22 +284,9 @@ def run_linear(time_us, record, device, shapes, ms, bf16_ms, tune_m=TUNE_M):
         want = x.double() @ w.double()
         nbytes = qw.numel() * 4 + 2 * s.numel() * s.element_size()
         log(f"  linear nbit=4 {shape} ({lay.name})")
-        ranked = []
         cands = _pp_candidates(M, K, N, lay, dtype, sms) if tune else [kl.prepacked_config(M, K, N, lay, dtype, sms)]
-        for cfg in cands:
-            fn = lambda cfg=cfg: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=cfg, layout=lay)
-            try:
-                y = fn()
-            except Exception as e:  # a config the compiler rejects (resources): skip it, say so
-                log(f"    skip {cfg.short()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-                continue
-            _check(f"ours {cfg.short()}", y, want)
-            us = time_us(fn, graph=True)
-            log(f"    {us:8.1f} us  {cfg.short()}")
-            ranked.append((us, cfg))
-        if not ranked:
-            raise RuntimeError(f"no prepacked config ran for {shape}")
-        ranked.sort(key=lambda t: t[0])
+        ranked = _rank(time_us, lambda cfg: kl.linear(x, data, s, h, 4, LINEAR_GROUP, 0, False, config=cfg, layout=lay),
+                       cands, want, log, f"prepacked {shape}")
         best_us, best = ranked[0]
         default = kl.prepacked_config(M, K, N, lay, dtype, sms)
         default_us = next((us for us, c in ranked if c == default), None)
